@@ -1,0 +1,27 @@
+"""The ``ernie-paddle`` command: a click group; each command lives in its own module here."""
+
+import click
+
+from ._common import run_guarded
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ernie-paddle")
+def cli():
+    """ERNIE 4.5 on PaddlePaddle: convert, inspect, run, prove parity, serve."""
+
+
+def _register():
+    from . import convert_cmd, demo_cmd, inspect_cmd
+
+    for module in (convert_cmd, demo_cmd, inspect_cmd):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main(argv=None):
+    """Console entry point: user errors print one line and exit 2, never a traceback."""
+    return run_guarded(cli, argv)
