@@ -9,7 +9,7 @@ from ..errors import ErnieError
 
 def run_guarded(group: click.Group, argv=None) -> int:
     try:
-        group.main(args=argv, standalone_mode=False)
+        rc = group.main(args=argv, standalone_mode=False)
     except ErnieError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -24,4 +24,4 @@ def run_guarded(group: click.Group, argv=None) -> int:
     except OSError as exc:
         click.echo(f"error: {exc.filename or ''}: {exc.strerror or exc}", err=True)
         sys.exit(2)
-    return 0
+    sys.exit(rc if isinstance(rc, int) else 0)

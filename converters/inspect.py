@@ -1,0 +1,99 @@
+"""Describe a checkpoint folder: format, family, dims, layer kinds, parameter counts, dtypes, problems."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ernie_paddle.checkpoint import open_checkpoint
+
+from .plan import analyse
+
+_EXPERT = ".mlp.experts."
+
+
+def _numel(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+
+
+def parameter_counts(analysis, cfg) -> dict[str, int]:
+    """Total, MTP and active (per-token) parameters from the Paddle-layout shapes."""
+    total = mtp = experts = 0
+    for m, _keys, pshape in analysis.groups:
+        n = _numel(pshape)
+        key = m.paddle_key()
+        if key == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        total += n
+        if key.startswith("ernie.mtp_"):
+            mtp += n
+        elif _EXPERT in key:
+            experts += n
+    idle = experts * (cfg.moe_num_experts - cfg.moe_k) // cfg.moe_num_experts if cfg.is_moe else 0
+    return {"total": total, "mtp": mtp, "active": total - mtp - idle}
+
+
+def inspect_checkpoint(path: str | Path) -> dict:
+    """A JSON-able report; ``problems`` lists every inconsistency found (empty when clean)."""
+    ckpt = open_checkpoint(path)
+    cfg = ckpt.config
+    analysis = analyse(ckpt)
+    kinds = ["moe" if cfg.is_moe_layer(i) else "dense" for i in range(cfg.num_hidden_layers)]
+    dtypes = Counter(ckpt.dtype_code(k) for k in ckpt.keys())
+    return {
+        "path": str(ckpt.folder),
+        "format": ckpt.format,
+        "family": cfg.family,
+        "architecture": cfg.to_dict(ckpt.format)["architectures"][0],
+        "dims": {"vocab": cfg.vocab_size, "hidden": cfg.hidden_size, "layers": cfg.num_hidden_layers,
+                 "heads": cfg.num_attention_heads, "kv_heads": cfg.num_key_value_heads,
+                 "head_dim": cfg.head_dim, "intermediate": cfg.intermediate_size,
+                 "experts": cfg.moe_num_experts, "top_k": cfg.moe_k,
+                 "moe_intermediate": cfg.moe_intermediate_size,
+                 "shared_experts": cfg.moe_num_shared_experts},
+        "layer_kinds": kinds,
+        "mtp_layers": sum(1 for k in ckpt.keys() if "mtp_emb_norm" in k),
+        "tied_embeddings": cfg.tie_word_embeddings,
+        "config_dtype": cfg.dtype,
+        "parameters": parameter_counts(analysis, cfg),
+        "dtypes": dict(sorted(dtypes.items())),
+        "tensors": len(ckpt.specs),
+        "bytes": ckpt.total_bytes,
+        "shards": [f.name for f in ckpt.files],
+        "quantization": cfg.quantization_config,
+        "problems": [str(p) for p in analysis.problems],
+    }
+
+
+def format_report(report: dict) -> str:
+    """Human-readable text for ``ernie-paddle inspect``."""
+    d, p = report["dims"], report["parameters"]
+    lines = [
+        f"{report['path']}",
+        f"  format        {report['format']} ({report['architecture']}, family {report['family']})",
+        f"  dims          vocab {d['vocab']}, hidden {d['hidden']}, layers {d['layers']}, heads "
+        f"{d['heads']}/{d['kv_heads']}, head_dim {d['head_dim']}, intermediate {d['intermediate']}",
+    ]
+    if d["experts"]:
+        lines.append(f"  moe           {d['experts']} experts, top-{d['top_k']}, width "
+                     f"{d['moe_intermediate']}, shared {d['shared_experts']}")
+    kinds = report["layer_kinds"]
+    lines += [
+        f"  layers        {kinds.count('dense')} dense, {kinds.count('moe')} moe "
+        f"({''.join('M' if k == 'moe' else 'D' for k in kinds)}), mtp {report['mtp_layers']}",
+        f"  parameters    total {p['total']:,}, active {p['active']:,}, mtp {p['mtp']:,}",
+        f"  tensors       {report['tensors']} in {len(report['shards'])} file(s), "
+        f"{report['bytes'] / 1e6:.1f} MB, dtypes {report['dtypes']}",
+        f"  embeddings    {'tied' if report['tied_embeddings'] else 'untied'}; config dtype "
+        f"{report['config_dtype']}",
+    ]
+    if report["quantization"]:
+        lines.append(f"  quantization  {report['quantization']}")
+    if report["problems"]:
+        lines.append(f"  PROBLEMS ({len(report['problems'])}):")
+        lines += [f"    - {msg}" for msg in report["problems"]]
+    else:
+        lines.append("  problems      none")
+    return "\n".join(lines)

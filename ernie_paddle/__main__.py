@@ -1,0 +1,5 @@
+"""``python -m ernie_paddle`` runs the CLI."""
+
+from .cli import main
+
+main()
