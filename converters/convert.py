@@ -46,12 +46,12 @@ def check_paths(src: Path, dst: Path) -> None:
         raise ErnieError("destination contains the source folder; choose another folder", dst)
 
 
-def copy_side_files(src: Path, dst: Path) -> list[str]:
-    """Copy tokenizer, generation and other non-weight files unchanged."""
+def copy_side_files(src: Path, dst: Path, skip=frozenset()) -> list[str]:
+    """Copy tokenizer, generation and other non-weight files unchanged (names in ``skip`` excepted)."""
     copied = []
     for item in sorted(src.iterdir()):
         name = item.name
-        if name.startswith(".") or name in _WEIGHT_NAMES or name.endswith(_WEIGHT_SUFFIXES):
+        if name.startswith(".") or name in _WEIGHT_NAMES or name.endswith(_WEIGHT_SUFFIXES) or name in skip:
             continue
         if item.is_dir():
             shutil.copytree(item, dst / name)

@@ -90,13 +90,13 @@ def _spec_from_header(path: Path, name: str, info, data_start: int, data_size: i
 class Checkpoint:
     """A checkpoint folder: its config, its tensor specs, lazy tensor access, and its layout format."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, config: ErnieConfig | None = None):
         self.folder = Path(folder)
         if not self.folder.exists():
             raise ErnieError("no such file or folder", self.folder)
         if not self.folder.is_dir():
             raise ErnieError("expected a checkpoint folder, got a file", self.folder)
-        self.config = ErnieConfig.from_file(self.folder)
+        self.config = config or ErnieConfig.from_file(self.folder)
         self.specs: dict[str, TensorSpec] = {}
         self.metadata: dict[str, dict] = {}
         self._pdparams: dict[str, np.ndarray] | None = None
@@ -242,6 +242,6 @@ def _code(dtype, path, name) -> str:
         raise ErnieError(f"tensor {name!r} has unsupported dtype {dtype}", path) from None
 
 
-def open_checkpoint(folder: str | Path) -> Checkpoint:
-    """Open and validate a checkpoint folder (any layout)."""
-    return Checkpoint(folder)
+def open_checkpoint(folder: str | Path, config: ErnieConfig | None = None) -> Checkpoint:
+    """Open and validate a checkpoint folder (any layout); ``config`` stands in for its config.json."""
+    return Checkpoint(folder, config)

@@ -18,7 +18,7 @@ TINY_MOE = dict(TINY_DENSE, num_hidden_layers=3, moe_num_experts=8, moe_k=2, moe
 
 def hf_config(kind: str = "dense", **overrides):
     """A transformers config object for a tiny dense or MoE model."""
-    from transformers import Ernie4_5Config, Ernie4_5_MoeConfig
+    from transformers import Ernie4_5_MoeConfig, Ernie4_5Config
 
     if kind == "dense":
         return Ernie4_5Config(**{**TINY_DENSE, **overrides})
