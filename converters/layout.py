@@ -15,6 +15,7 @@ from functools import cached_property
 import numpy as np
 
 from ernie_paddle.config import ErnieConfig
+from ernie_paddle.errors import ErnieError
 
 # Ops (Paddle side <-> HF side)
 COPY, T, QKV, QKV_BIAS, GATE_UP, GATE_UP_BIAS, LM_HEAD, DROP = (
@@ -91,36 +92,73 @@ TEXT_RULES: tuple[Rule, ...] = (
 )
 
 
+# Quantized linears replace ``P.weight`` by these tensors. Variant -> (Paddle suffix, HF suffix or None).
+# "q": FP8 (or int) weight bytes; "s": the FP8 128x128 scale grid (HF ``weight_scale_inv``); Paddle-only
+# tensors (WINT2 codes, activation scales) have no HF counterpart and convert only Paddle -> Paddle.
+QUANT_VARIANTS = {"q": ("quant_weight", "weight"), "s": ("weight_scale", "weight_scale_inv"),
+                  "super_scales": ("super_scales", None), "code_scale": ("code_scale", None),
+                  "code_zp": ("code_zp", None), "activation_scale": ("activation_scale", None)}
+_LINEAR_OPS = (T, QKV, GATE_UP)
+
+
 @dataclass(frozen=True)
 class Match:
-    """A key matched to a rule: which rule, the placeholder values, and (HF side) the slot."""
+    """A key matched to a rule: the rule, placeholder values, HF slot, and quantized-tensor variant."""
 
     rule: Rule
     groups: tuple[tuple[str, str], ...]
     slot: int = 0
+    variant: str = ""
 
     def paddle_key(self) -> str:
-        return self.rule.paddle.format(**dict(self.groups))
+        key = self.rule.paddle.format(**dict(self.groups))
+        return _swap_suffix(key, QUANT_VARIANTS[self.variant][0]) if self.variant else key
 
     def hf_keys(self) -> list[str]:
-        return [p.format(**dict(self.groups)) for p in self.rule.hf]
+        keys = [p.format(**dict(self.groups)) for p in self.rule.hf]
+        if not self.variant:
+            return keys
+        hf_suffix = QUANT_VARIANTS[self.variant][1]
+        return [_swap_suffix(k, hf_suffix) for k in keys] if hf_suffix else []
+
+    def weight_key(self) -> str:
+        """The Paddle ``.weight`` key of the linear this tensor belongs to."""
+        return self.rule.paddle.format(**dict(self.groups))
 
 
-def match_paddle(key: str, rules=TEXT_RULES) -> Match | None:
+def _swap_suffix(key: str, suffix: str) -> str:
+    return key.rsplit(".", 1)[0] + "." + suffix
+
+
+def _match_one(key: str, rules, hf: bool) -> Match | None:
     for rule in rules:
-        m = rule.paddle_re.match(key)
-        if m:
-            return Match(rule, tuple(sorted(m.groupdict().items())))
-    return None
-
-
-def match_hf(key: str, rules=TEXT_RULES) -> Match | None:
-    for rule in rules:
-        for slot, rx in enumerate(rule.hf_res):
+        patterns = rule.hf_res if hf else (rule.paddle_re,)
+        for slot, rx in enumerate(patterns):
             m = rx.match(key)
             if m:
                 return Match(rule, tuple(sorted(m.groupdict().items())), slot)
     return None
+
+
+def match_paddle(key: str, rules=TEXT_RULES) -> Match | None:
+    found = _match_one(key, rules, hf=False)
+    if found is not None:
+        return found
+    base, _, suffix = key.rpartition(".")
+    for variant, (p_suffix, _h) in QUANT_VARIANTS.items():
+        if suffix == p_suffix:
+            m = _match_one(base + ".weight", rules, hf=False)
+            if m is not None and m.rule.op in _LINEAR_OPS:
+                return Match(m.rule, m.groups, 0, variant)
+    return None
+
+
+def match_hf(key: str, rules=TEXT_RULES) -> Match | None:
+    found = _match_one(key, rules, hf=True)
+    if found is not None or not key.endswith(".weight_scale_inv"):
+        return found
+    m = _match_one(_swap_suffix(key, "weight"), rules, hf=True)
+    return Match(m.rule, m.groups, m.slot, "s") if m is not None and m.rule.op in _LINEAR_OPS else None
 
 
 # ---------------------------------------------------------------------------- ops
@@ -129,19 +167,25 @@ def drops(op: str, cfg: ErnieConfig) -> bool:
     return op == DROP or (op == LM_HEAD and cfg.tie_word_embeddings)
 
 
-def _split_points(op: str, cfg: ErnieConfig, width: int) -> list[int]:
+def _split_points(op: str, cfg: ErnieConfig, width: int, block: int = 1) -> list[int]:
+    """Where the fused output axis splits; ``block`` > 1 for a scale grid (the cut must fall on a block edge)."""
     if op in (QKV, QKV_BIAS):
-        return [cfg.q_size, cfg.q_size + cfg.kv_size]
-    return [width // 2]
+        points = [cfg.q_size, cfg.q_size + cfg.kv_size]
+    else:
+        points = [width * block // 2]
+    if block > 1 and any(p % block for p in points):
+        raise ErnieError(f"splitting the fused tensor at {points} would cut a {block}-wide FP8 scale block "
+                         f"(q/kv sizes and MLP widths must be multiples of {block} to convert FP8 to HF)")
+    return [p // block for p in points]
 
 
-def to_hf(op: str, arr: np.ndarray, cfg: ErnieConfig) -> list[np.ndarray]:
-    """Paddle tensor -> the HF tensor(s) of its rule, in the rule's HF order."""
+def to_hf(op: str, arr: np.ndarray, cfg: ErnieConfig, block: int = 1) -> list[np.ndarray]:
+    """Paddle tensor -> the HF tensor(s) of its rule, in the rule's HF order (``block``: FP8 scale grid)."""
     if op in (T, LM_HEAD):
         return [np.ascontiguousarray(arr.T)]
     if op == COPY:
         return [arr]
-    parts = np.split(arr, _split_points(op, cfg, arr.shape[-1]), axis=-1)
+    parts = np.split(arr, _split_points(op, cfg, arr.shape[-1], block), axis=-1)
     if op in (QKV, GATE_UP):
         return [np.ascontiguousarray(p.T) for p in parts]
     return [np.ascontiguousarray(p) for p in parts]
@@ -158,14 +202,14 @@ def to_paddle(op: str, arrs: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(arrs, axis=-1)
 
 
-def hf_shapes(op: str, shape: tuple[int, ...], cfg: ErnieConfig) -> list[tuple[int, ...]]:
+def hf_shapes(op: str, shape: tuple[int, ...], cfg: ErnieConfig, block: int = 1) -> list[tuple[int, ...]]:
     """Shapes of ``to_hf``'s outputs for a Paddle input of ``shape``, without touching data."""
     if op in (T, LM_HEAD):
         return [tuple(reversed(shape))]
     if op == COPY:
         return [shape]
     width = shape[-1]
-    cuts = [0, *_split_points(op, cfg, width), width]
+    cuts = [0, *_split_points(op, cfg, width, block), width]
     widths = [b - a for a, b in zip(cuts, cuts[1:])]
     if op in (QKV, GATE_UP):
         return [(w, shape[0]) for w in widths]

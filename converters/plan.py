@@ -18,7 +18,7 @@ from ernie_paddle.errors import ErnieError
 from ernie_paddle.shard_writer import OutSpec
 
 from . import layout
-from .schema import expected_paddle_tensors, mtp_layers_in
+from .schema import Expected, expected_paddle_tensors, mtp_layers_in
 
 FLOAT_CODES = ("BF16", "F16", "F32")
 
@@ -31,11 +31,12 @@ class Group:
     outputs: list[OutSpec]
     op: str
     target: str
+    block: int = 1  # > 1 for an FP8 scale grid
 
     def compute(self, ckpt: Checkpoint) -> list[np.ndarray]:
         arrays = [ckpt.get(k) for k in self.sources]
         if self.target == HF and self.op != "identity":
-            results = layout.to_hf(self.op, arrays[0], ckpt.config)
+            results = layout.to_hf(self.op, arrays[0], ckpt.config, self.block)
         elif self.target == PADDLE and self.op != "identity":
             results = [layout.to_paddle(self.op, arrays)]
         else:
@@ -48,9 +49,9 @@ def _cast(arr: np.ndarray, code: str) -> np.ndarray:
     return arr if arr.dtype == want else arr.astype(want)
 
 
-def _out_code(ckpt: Checkpoint, name: str, src: str, dtype: str) -> str:
+def _out_code(ckpt: Checkpoint, name: str, src: str, dtype: str, variant: str = "") -> str:
     code = ckpt.dtype_code(src)
-    if code not in FLOAT_CODES:
+    if code not in FLOAT_CODES or variant:  # quantized tensors and their scales keep their dtype
         return code
     if layout.is_fp32_key(name):
         return "F32"
@@ -66,7 +67,10 @@ def _match_groups(ckpt: Checkpoint, problems: list[ErnieError]) -> list[tuple[la
             problems.append(ErnieError(f"unknown tensor {key!r}: not an ERNIE 4.5 {ckpt.format} "
                                        "text-model key", ckpt.specs[key].file))
             continue
-        ident = (m.rule, m.groups)
+        if ckpt.format == HF and not m.variant and ckpt.dtype_code(key).startswith("F8") \
+                and m.rule.op in layout._LINEAR_OPS:
+            m = layout.Match(m.rule, m.groups, m.slot, "q")  # HF FP8 keeps the name ``weight``
+        ident = (m.rule, m.groups, m.variant)
         if ident not in found:
             found[ident] = (m, [None] * (1 if ckpt.format == PADDLE else len(m.rule.hf)))
         found[ident][1][m.slot] = key
@@ -97,15 +101,15 @@ def analyse(ckpt: Checkpoint) -> Analysis:
     expected = expected_paddle_tensors(ckpt.config, mtp_layers_in(m.paddle_key() for m, _ in matched))
     seen: set[str] = set()
     groups = []
+    block = quant_block(ckpt.config)
     for m, keys in matched:
-        pkey = m.paddle_key()
         shapes = [ckpt.specs[k].shape for k in keys]
         try:
             pshape = shapes[0] if ckpt.format == PADDLE else layout.paddle_shape(m.rule.op, shapes)
         except IndexError:
             pshape = ()
-        problem = _shape_problem(ckpt, keys[0], pkey, pshape, expected)
-        seen.add(pkey)
+        problem = _shape_problem(ckpt, keys[0], m, pshape, expected, block)
+        seen.add(m.weight_key())
         if problem:
             problems.append(problem)
         else:
@@ -126,26 +130,56 @@ def plan(ckpt: Checkpoint, target: str, dtype: str = "keep") -> list[Group]:
     if analysis.problems:
         raise analysis.problems[0]
     groups: list[Group] = []
+    block = quant_block(cfg)
     for m, keys, pshape in analysis.groups:
-        pkey = m.paddle_key()
+        pkey, v = m.paddle_key(), m.variant
+        gblock = block if v == "s" else 1
         if target == ckpt.format:
-            outs = [OutSpec(k, _out_code(ckpt, k, k, dtype), ckpt.specs[k].shape) for k in keys]
+            outs = [OutSpec(k, _out_code(ckpt, k, k, dtype, v), ckpt.specs[k].shape) for k in keys]
             groups.append(Group(keys, outs, "identity", target))
         elif layout.drops(m.rule.op, cfg):
             continue
         elif target == HF:
+            _check_hf_convertible(ckpt, m, keys[0])
             names = m.hf_keys()
-            out_shapes = layout.hf_shapes(m.rule.op, pshape, cfg)
-            outs = [OutSpec(n, _out_code(ckpt, n, keys[0], dtype), s) for n, s in zip(names, out_shapes)]
-            groups.append(Group(keys, outs, m.rule.op, target))
+            out_shapes = layout.hf_shapes(m.rule.op, pshape, cfg, gblock)
+            outs = [OutSpec(n, _out_code(ckpt, n, keys[0], dtype, v), s) for n, s in zip(names, out_shapes)]
+            groups.append(Group(keys, outs, m.rule.op, target, gblock))
         else:
-            groups.append(Group(keys, [OutSpec(pkey, _out_code(ckpt, pkey, keys[0], dtype), pshape)],
-                                m.rule.op, target))
+            groups.append(Group(keys, [OutSpec(pkey, _out_code(ckpt, pkey, keys[0], dtype, v), pshape)],
+                                m.rule.op, target, gblock))
     return groups
 
 
-def _shape_problem(ckpt: Checkpoint, src: str, pkey: str, pshape, expected) -> ErnieError | None:
+def quant_block(cfg) -> int:
+    """The FP8 block edge from ``quantization_config.weight_block_size`` (128 when absent)."""
+    qc = cfg.quantization_config or {}
+    size = qc.get("weight_block_size") if isinstance(qc, dict) else None
+    if isinstance(size, list) and size:
+        if len(set(size)) != 1:
+            raise ErnieError(f"non-square FP8 blocks {size} are not supported")
+        return int(size[0])
+    return 128
+
+
+def _check_hf_convertible(ckpt: Checkpoint, m: layout.Match, src: str) -> None:
+    """Only bf16/fp32 and FP8 block-wise tensors have an HF layout."""
+    fp8_weight = m.variant == "q" and ckpt.dtype_code(src).startswith("F8")
+    if m.variant and not (fp8_weight or m.variant == "s"):
+        raise ErnieError(f"tensor {src!r} ({m.variant}, {ckpt.dtype_code(src)}) has no Hugging Face layout: "
+                         "WINT2 and weight-only int8/int4 exist only as Paddle checkpoints; convert the "
+                         "unquantized checkpoint instead", ckpt.specs[src].file)
+
+
+def _shape_problem(ckpt: Checkpoint, src: str, m: layout.Match, pshape, expected,
+                   block: int) -> ErnieError | None:
+    pkey = m.weight_key()
     exp = expected.get(pkey)
+    if exp is not None and m.variant:
+        if m.variant == "s":
+            exp = Expected(tuple(-(-d // block) for d in exp.shape))
+        elif not (m.variant == "q" and ckpt.dtype_code(src).startswith("F8")):
+            return None  # packed integer layouts are checked by the quantized loaders
     if exp is None:
         return ErnieError(f"tensor {src!r} has no place in this config (check num_hidden_layers, "
                           "moe_num_experts, the MoE layer placement and tie_word_embeddings)",
