@@ -61,6 +61,23 @@ def copy_side_files(src: Path, dst: Path, skip=frozenset()) -> list[str]:
     return copied
 
 
+def translate_quant_config(cfg, target: str, path) -> dict | None:
+    """The ``quantization_config`` in the target dialect (Paddle block_wise_fp8 <-> HF ``fp8``)."""
+    import dataclasses
+
+    from ernie_paddle.quant.config import parse
+
+    qc = parse(cfg.quantization_config, path)
+    if qc is None or qc.source == target:
+        return cfg.quantization_config
+    if target == HF and qc.methods != {"fp8"}:
+        raise ErnieError(f"quantization {sorted(qc.methods)} has no Hugging Face layout (only block-wise "
+                         "FP8 does); convert the unquantized checkpoint instead", path)
+    if target == PADDLE:
+        qc = dataclasses.replace(qc, dense="fp8", moe="fp8")
+    return dataclasses.replace(qc, source=target, raw={}).to_dict()
+
+
 def convert(src: str | Path, dst: str | Path, to: str | None = None, dtype: str = "keep",
             max_shard_size: str | int = "5GB", overwrite: bool = False,
             quiet: bool = False) -> ConvertReport:
@@ -90,6 +107,7 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, dtype: str 
             raise
         writer.close()
         cfg = ckpt.config if dtype == "keep" else ckpt.config.replace(dtype=dtype)
+        cfg = cfg.replace(quantization_config=translate_quant_config(cfg, target, src / "config.json"))
         cfg.write(tmp, target)
         copy_side_files(src, tmp)
     return ConvertReport(ckpt.format, target, len(ckpt.specs), sum(len(g.outputs) for g in groups),

@@ -162,10 +162,15 @@ def quant_block(cfg) -> int:
     return 128
 
 
+def _is_fp8_part(ckpt: Checkpoint, m: layout.Match, src: str) -> bool:
+    """An FP8 block-wise weight (e4m3 bytes) or its float32 2-D scale grid."""
+    code, ndim = ckpt.dtype_code(src), len(ckpt.specs[src].shape)
+    return (m.variant == "q" and code.startswith("F8")) or (m.variant == "s" and code == "F32" and ndim == 2)
+
+
 def _check_hf_convertible(ckpt: Checkpoint, m: layout.Match, src: str) -> None:
     """Only bf16/fp32 and FP8 block-wise tensors have an HF layout."""
-    fp8_weight = m.variant == "q" and ckpt.dtype_code(src).startswith("F8")
-    if m.variant and not (fp8_weight or m.variant == "s"):
+    if m.variant and not _is_fp8_part(ckpt, m, src):
         raise ErnieError(f"tensor {src!r} ({m.variant}, {ckpt.dtype_code(src)}) has no Hugging Face layout: "
                          "WINT2 and weight-only int8/int4 exist only as Paddle checkpoints; convert the "
                          "unquantized checkpoint instead", ckpt.specs[src].file)
@@ -176,9 +181,9 @@ def _shape_problem(ckpt: Checkpoint, src: str, m: layout.Match, pshape, expected
     pkey = m.weight_key()
     exp = expected.get(pkey)
     if exp is not None and m.variant:
-        if m.variant == "s":
+        if _is_fp8_part(ckpt, m, src) and m.variant == "s":
             exp = Expected(tuple(-(-d // block) for d in exp.shape))
-        elif not (m.variant == "q" and ckpt.dtype_code(src).startswith("F8")):
+        elif not _is_fp8_part(ckpt, m, src):
             return None  # packed integer layouts are checked by the quantized loaders
     if exp is None:
         return ErnieError(f"tensor {src!r} has no place in this config (check num_hidden_layers, "

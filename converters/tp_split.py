@@ -86,7 +86,7 @@ def _axis_and_grain(key: str, arr, axis: str, keys) -> tuple[int, int] | None:
     base, suffix = key.rsplit(".", 1)
     wint2 = f"{base}.super_scales" in keys
     if suffix in ("weight", "quant_weight") and arr.ndim == 2:
-        if suffix == "quant_weight" and arr.dtype != np.dtype("float8_e4m3fn") and not wint2:
+        if suffix == "quant_weight" and arr.dtype != BY_CODE["F8_E4M3"] and not wint2:
             raise ErnieError(f"{key}: splitting weight-only int8/int4 tensors in the GPU byte arrangement is "
                              "not supported; dequantize (ernie-paddle quantize) before splitting")
         return (0, 4 if wint2 and suffix == "quant_weight" else 1) if axis == "K" else (1, 1)

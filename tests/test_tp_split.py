@@ -57,3 +57,49 @@ def test_split_refuses_bad_degree(moe_paddle, tmp_path):
     r = run_cli("convert", moe_paddle, tmp_path / "s", "--tp", 3)
     assert r.returncode == 2 and "cannot split" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_split_merge_fp8_and_wint2(tiny_ckpts, tmp_path):
+    """Quantized tensors split with their scales and merge back bit-identically."""
+    import json
+
+    from test_convert_fp8 import FP8_DIMS, _quantize_folder
+
+    from converters.tp_split import merge, split
+    from ernie_paddle.quant import wint2
+    from ernie_paddle.shard_writer import write_tensors
+
+    hf = tiny_ckpts("moe-fp8dims-tp", "moe", **{**FP8_DIMS, "num_attention_heads": 2, "num_key_value_heads": 2,
+                                               "moe_intermediate_size": 256})
+    convert(hf, tmp_path / "pd", quiet=True)
+    fp8_dir = _quantize_folder(tmp_path / "pd", tmp_path / "fp8")
+    # WINT2: experts of the MoE layers as CCQ tensors, everything else as it is.
+    ck = open_checkpoint(tmp_path / "pd")
+    tensors = []
+    for key in ck.keys():
+        arr = np.asarray(ck.get(key), np.float32)
+        if ".experts." in key:
+            base = key[: -len("weight")]
+            tensors += [(base + s, v) for s, v in wint2.encode(arr).items()]
+        else:
+            tensors.append((key, ck.get(key)))
+    w2 = tmp_path / "w2"
+    w2.mkdir()
+    write_tensors(w2, tensors, "paddle")
+    raw = ck.config.to_dict("paddle")
+    raw["quantization_config"] = {"dense_quant_type": "wint8", "moe_quant_type": "w4w2", "quantization": "wint2",
+                                  "moe_quant_config": {"moe_w4_quant_config": {"quant_type": "wint4",
+                                                       "quant_start_layer": 0, "quant_end_layer": 0},
+                                                       "moe_w2_quant_config": {"quant_type": "wint2",
+                                                       "quant_start_layer": 1, "quant_end_layer": 2}}}
+    (w2 / "config.json").write_text(json.dumps(raw))
+    for src in (fp8_dir, w2):
+        split(src, tmp_path / f"{src.name}-s", 2, quiet=True)
+        merge(tmp_path / f"{src.name}-s", tmp_path / f"{src.name}-m", quiet=True)
+        a, b = open_checkpoint(src), open_checkpoint(tmp_path / f"{src.name}-m")
+        assert sorted(a.keys()) == sorted(b.keys())
+        for k in a.keys():
+            assert a.get(k).tobytes() == b.get(k).tobytes(), (src.name, k)
+        r0 = open_checkpoint(tmp_path / f"{src.name}-s" / "rank0", a.config)
+        key = "ernie.layers.1.mlp.experts.0.down_proj.quant_weight"
+        assert r0.specs[key].shape[0] * 2 == a.specs[key].shape[0]  # row-parallel: half the K rows
