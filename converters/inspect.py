@@ -10,6 +10,7 @@ import numpy as np
 from ernie_paddle.checkpoint import open_checkpoint
 
 from .plan import analyse
+from .schema import expected_paddle_tensors
 
 _EXPERT = ".mlp.experts."
 
@@ -19,11 +20,18 @@ def _numel(shape) -> int:
 
 
 def parameter_counts(analysis, cfg) -> dict[str, int]:
-    """Total, MTP and active (per-token) parameters from the Paddle-layout shapes."""
+    """Total, MTP and active (per-token) parameters from the Paddle-layout shapes.
+
+    A quantized linear counts once, with the shape of the weight it stands for (packed bytes and scales
+    are storage, not parameters).
+    """
     total = mtp = experts = 0
+    expected = expected_paddle_tensors(cfg, max(cfg.num_nextn_predict_layers, 8))
     for m, _keys, pshape in analysis.groups:
-        n = _numel(pshape)
-        key = m.paddle_key()
+        if m.variant and m.variant != "q":
+            continue
+        key = m.weight_key()
+        n = _numel(expected[key].shape if m.variant else pshape)
         if key == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
         total += n

@@ -11,7 +11,7 @@ from pathlib import Path
 TINY_DENSE = dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
                   tie_word_embeddings=True)
-TINY_MOE = dict(TINY_DENSE, num_hidden_layers=3, moe_num_experts=8, moe_k=2, moe_intermediate_size=32,
+TINY_MOE = dict(TINY_DENSE, num_hidden_layers=3, moe_num_experts=8, moe_k=2, moe_intermediate_size=64,
                 moe_num_shared_experts=1, moe_layer_start_index=1, moe_layer_end_index=-1,
                 moe_layer_interval=1, tie_word_embeddings=False)
 

@@ -150,6 +150,49 @@ def write_tensors(folder: Path, tensors: Iterable[tuple[str, np.ndarray]], fmt: 
     writer.close()
 
 
+class ShardAccumulator:
+    """Collect tensors whose shapes are known only once computed; flush a shard whenever it is full.
+
+    Memory is bounded by one shard. Shards are renamed to ``model-0000k-of-0000n`` (or
+    ``model.safetensors`` alone) and the index written by ``close``.
+    """
+
+    def __init__(self, folder: Path, fmt: str, max_shard_size: int | str = "5GB"):
+        self.folder, self.fmt, self.limit = Path(folder), fmt, parse_size(max_shard_size)
+        self._pending: list[tuple[str, np.ndarray]] = []
+        self._size = 0
+        self._parts: list[list[OutSpec]] = []
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        arr = np.ascontiguousarray(array)
+        if self._pending and self._size + arr.nbytes > self.limit:
+            self._flush()
+        self._pending.append((name, arr))
+        self._size += arr.nbytes
+
+    def _flush(self) -> None:
+        part = self.folder / f".part-{len(self._parts)}"
+        part.mkdir()
+        write_tensors(part, self._pending, self.fmt, max_shard_size=1 << 62)
+        self._parts.append([OutSpec(n, code_of(a.dtype), tuple(a.shape)) for n, a in self._pending])
+        self._pending, self._size = [], 0
+
+    def close(self) -> None:
+        if self._pending or not self._parts:
+            self._flush()
+        names = shard_names(len(self._parts))
+        weight_map = {}
+        for i, (name, specs) in enumerate(zip(names, self._parts)):
+            part = self.folder / f".part-{i}"
+            os.replace(part / SAFE_SINGLE, self.folder / name)
+            part.rmdir()
+            weight_map.update({s.name: name for s in specs})
+        if len(names) > 1:
+            total = sum(s.nbytes for specs in self._parts for s in specs)
+            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+            (self.folder / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
 @contextlib.contextmanager
 def atomic_folder(dst: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling folder; rename it to ``dst`` only if the block completes."""

@@ -12,9 +12,9 @@ def cli():
 
 
 def _register():
-    from . import convert_cmd, demo_cmd, inspect_cmd
+    from . import convert_cmd, demo_cmd, inspect_cmd, memory_cmd, quantize_cmd
 
-    for module in (convert_cmd, demo_cmd, inspect_cmd):
+    for module in (convert_cmd, demo_cmd, inspect_cmd, memory_cmd, quantize_cmd):
         for command in module.COMMANDS:
             cli.add_command(command)
 
