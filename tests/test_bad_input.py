@@ -187,3 +187,24 @@ def test_overwrite_replaces_only_on_success(dense_hf, tmp_path):
     r = run_cli("convert", src, dst, "--overwrite")
     assert r.returncode == 2
     assert tree_digest(dst) == good  # the old destination survives a failed overwrite
+
+
+def test_config_dialect_contradicts_tensors(dense_hf, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(dense_hf, src)
+    conf = json.loads((src / "config.json").read_text())
+    conf["architectures"] = ["Ernie4_5_ForCausalLM"]  # the Paddle dialect's name, over HF tensors
+    (src / "config.json").write_text(json.dumps(conf))
+    _check_refused(src, tmp_path / "dst", "paddle dialect but the tensors are in the hf layout")
+
+
+def test_inspect_lists_every_problem(dense_hf, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(dense_hf, src)
+    _shape_contradicts(src)
+    r = run_cli("inspect", src, "--json")
+    assert r.returncode == 1, r.stderr
+    problems = json.loads(r.stdout)["problems"]
+    n_layers = json.loads((src / "config.json").read_text())["num_hidden_layers"]
+    assert len(problems) == 2 * n_layers  # up_gate and down of every dense layer
+    assert all("contradicts config.json" in p for p in problems)
