@@ -54,13 +54,21 @@ def make_hf_model(kind: str = "dense", seed: int = 0, dtype: str = "float32", bi
 
 
 def make_tiny_hf_checkpoint(folder: str | Path, kind: str = "dense", seed: int = 0, dtype: str = "float32",
-                            mtp: int = 0, bias_scale: float = 0.0, **overrides) -> Path:
-    """Write a tiny HF-layout checkpoint with transformers; ``mtp`` adds that many MTP layers (HF names)."""
+                            mtp: int = 0, bias_scale: float = 0.0, tokenizer: bool = True, **overrides) -> Path:
+    """Write a tiny HF-layout checkpoint with transformers; ``mtp`` adds that many MTP layers (HF names).
+
+    ``tokenizer`` also writes a small SentencePiece tokenizer trained here, sized to the vocabulary.
+    """
     folder = Path(folder)
     model = make_hf_model(kind, seed, dtype, bias_scale, **overrides)
     model.save_pretrained(folder)
     if mtp:
         _add_hf_mtp(folder, model, mtp, seed)
+    if tokenizer:
+        from .tokenizer_files import MIN_VOCAB, write_demo_tokenizer
+
+        if model.config.vocab_size >= MIN_VOCAB:
+            write_demo_tokenizer(folder, model.config.vocab_size, seed=seed)
     return folder
 
 
