@@ -20,7 +20,7 @@ from ernie_paddle.errors import ErnieError
 # Ops (Paddle side <-> HF side)
 COPY, T, QKV, QKV_BIAS, GATE_UP, GATE_UP_BIAS, LM_HEAD, DROP = (
     "copy", "transpose", "qkv", "qkv_bias", "gate_up", "gate_up_bias", "lm_head", "drop")
-FP32_SUFFIXES = ("mlp.gate.weight", "moe_statics.e_score_correction_bias")
+FP32_SUFFIXES = ("mlp.gate.weight", "mlp.gate.weight_1", "moe_statics.e_score_correction_bias")
 
 _PLACEHOLDERS = {"B": r"(?:layers|mtp_block)\.\d+", "E": r"\d+", "N": r"\d+"}
 

@@ -18,6 +18,7 @@ from ernie_paddle.errors import ErnieError
 from ernie_paddle.shard_writer import OutSpec
 
 from . import layout
+from .layout_vl import rules_for
 from .schema import Expected, expected_paddle_tensors, mtp_layers_in
 
 FLOAT_CODES = ("BF16", "F16", "F32")
@@ -61,8 +62,9 @@ def _out_code(ckpt: Checkpoint, name: str, src: str, dtype: str, variant: str = 
 def _match_groups(ckpt: Checkpoint, problems: list[ErnieError]) -> list[tuple[layout.Match, list[str]]]:
     """Group source keys by rule instance, in source order; unknown names and gaps become problems."""
     found: dict[tuple, tuple[layout.Match, list[str | None]]] = {}
+    rules = rules_for(ckpt.config)
     for key in ckpt.keys():
-        m = layout.match_paddle(key) if ckpt.format == PADDLE else layout.match_hf(key)
+        m = layout.match_paddle(key, rules) if ckpt.format == PADDLE else layout.match_hf(key, rules)
         if m is None:
             problems.append(ErnieError(f"unknown tensor {key!r}: not an ERNIE 4.5 {ckpt.format} "
                                        "text-model key", ckpt.specs[key].file))
@@ -199,7 +201,7 @@ def _shape_problem(ckpt: Checkpoint, src: str, m: layout.Match, pshape, expected
 def _source_name(ckpt: Checkpoint, pkey: str) -> str:
     if ckpt.format == PADDLE:
         return pkey
-    m = layout.match_paddle(pkey)
+    m = layout.match_paddle(pkey, rules_for(ckpt.config))
     return m.hf_keys()[0] if m else pkey
 
 

@@ -48,6 +48,10 @@ def _block(out: dict, cfg: ErnieConfig, prefix: str, moe: bool) -> None:
 
 def expected_paddle_tensors(cfg: ErnieConfig, mtp_layers: int | None = None) -> dict[str, Expected]:
     """Every Paddle key the config implies. ``mtp_layers`` overrides the config's MTP count."""
+    if cfg.family == "vl":
+        from .layout_vl import expected_vl_tensors
+
+        return expected_vl_tensors(cfg)
     h, v = cfg.hidden_size, cfg.vocab_size
     out: dict[str, Expected] = {"ernie.embed_tokens.weight": Expected((v, h)),
                                 "ernie.norm.weight": Expected((h,))}

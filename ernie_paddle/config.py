@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import vl_config
 from .errors import ErnieError
 
 HF, PADDLE = "hf", "paddle"
@@ -129,7 +130,7 @@ class ErnieConfig:
         """Parse either dialect. Raises ErnieError naming ``path`` on anything inconsistent."""
         if not isinstance(raw, dict):
             raise ErnieError("config is not a JSON object", path)
-        d = dict(raw)
+        d = vl_config.flatten_native(raw, path) if vl_config.is_native(raw) else dict(raw)
         family = _family_of(d, path)
         dialect = _dialect_of(d)
         cfg = cls(family=family, source_dialect=dialect)
@@ -198,6 +199,8 @@ class ErnieConfig:
         """Render in ``dialect`` (``"hf"`` or ``"paddle"``) with that dialect's architecture name."""
         if dialect not in (HF, PADDLE):
             raise ValueError(f"unknown dialect {dialect!r}")
+        if dialect == HF and self.family == VL:  # transformers-native nested text/vision config
+            return vl_config.to_native(self)
         out: dict[str, Any] = {"architectures": [ARCHITECTURES[(dialect, self.family)]],
                                "model_type": MODEL_TYPES[self.family]}
         skip = {"family", "extra", "source_dialect", "dtype", "rope_theta", "quantization_config"}

@@ -10,6 +10,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .demo_models import make_tiny_hf_checkpoint
 
 KINDS = ("dense", "moe")
@@ -65,7 +67,36 @@ def step_inspect(ctx: DemoContext, echo) -> None:
         echo(format_report(inspect_checkpoint(ctx.folders[f"{kind}-paddle"])))
 
 
-STEPS = [step_make, step_convert, step_inspect]
+def step_generate(ctx: DemoContext, echo) -> None:
+    """Load each Paddle folder with this runtime and continue a chat prompt (random weights: noise)."""
+    from .loading import load
+    from .tokenizer import ErnieTokenizer
+
+    for kind in KINDS:
+        folder = ctx.folders[f"{kind}-paddle"]
+        tok = ErnieTokenizer.from_folder(folder)
+        prompt = tok.apply_chat_template([{"role": "user", "content": "你好, ERNIE!"}])
+        ids = np.array([tok.encode(prompt, add_special_tokens=False)], dtype=np.int64)
+        out = load(folder).generate(ids, max_new_tokens=12, stop_token_ids=[])
+        echo(f"generated {kind}: {prompt!r} -> {tok.decode(out[0, ids.shape[1]:].tolist())!r} "
+             f"(ids {out[0, ids.shape[1]:].tolist()})")
+
+
+def step_parity(ctx: DemoContext, echo) -> None:
+    """Logits of this runtime vs transformers' own ERNIE 4.5 classes on the same weights."""
+    from converters.parity import run_parity
+
+    for kind in KINDS:
+        r = run_parity(ctx.folders[f"{kind}-paddle"], max_new_tokens=16)
+        o = r["overall"]
+        echo(f"parity    {kind} (paddle folder vs transformers): max |dlogit| {o['max_abs_diff']:.2e}, "
+             f"top-1 {o['top1_agreement']:.0%}, greedy {o['greedy_match']}/{o['greedy_len']} identical, "
+             f"KL {o['kl_max']:.1e} -> {'PASS' if r['passed'] else 'FAIL'}")
+        if not r["passed"]:
+            raise RuntimeError(f"parity failed for the {kind} demo model: {r['failures']}")
+
+
+STEPS = [step_make, step_convert, step_inspect, step_generate, step_parity]
 
 
 def run_demo(cache: Path | None = None, echo=print, quiet: bool = True) -> DemoContext:

@@ -192,7 +192,7 @@ def rss_models(tmp_path_factory):
     shape = {k: PRESETS["0.3B"][k] for k in ("vocab_size", "hidden_size", "intermediate_size",
                                             "num_hidden_layers", "num_attention_heads",
                                             "num_key_value_heads", "head_dim", "tie_word_embeddings")}
-    return {"0.3B": make_tiny_hf_checkpoint(root / "m03", "dense", dtype="bfloat16", **shape),
+    return {"0.3B": make_tiny_hf_checkpoint(root / "m03", "dense", dtype="bfloat16", tokenizer=False, **shape),
             "tiny-moe": make_tiny_hf_checkpoint(root / "moe", "moe")}
 
 

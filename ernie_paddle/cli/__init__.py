@@ -12,9 +12,22 @@ def cli():
 
 
 def _register():
-    from . import convert_cmd, demo_cmd, inspect_cmd, memory_cmd, quantize_cmd
+    from . import (
+        chat_cmd,
+        convert_cmd,
+        demo_cmd,
+        export_cmd,
+        generate_cmd,
+        inspect_cmd,
+        memory_cmd,
+        parity_cmd,
+        quantize_cmd,
+        serve_cmd,
+        usage_cmd,
+    )
 
-    for module in (convert_cmd, demo_cmd, inspect_cmd, memory_cmd, quantize_cmd):
+    for module in (convert_cmd, demo_cmd, inspect_cmd, memory_cmd, generate_cmd, parity_cmd, serve_cmd, chat_cmd,
+                   usage_cmd, quantize_cmd, export_cmd):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -1,0 +1,34 @@
+"""``ernie-paddle export``: a checkpoint -> a self-describing Paddle Inference folder."""
+
+import time
+
+import click
+
+COMMANDS = []
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=str))
+@click.argument("out", type=click.Path(path_type=str))
+@click.option("--max-seq-len", type=click.IntRange(2), default=None,
+              help="Longest prompt + continuation the export accepts (default: max_position_embeddings).")
+@click.option("--max-batch", type=click.IntRange(1), default=32, show_default=True,
+              help="Most sequences run together.")
+@click.option("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default).")
+@click.option("--device", default="cpu", show_default=True, help="Device the export is meant for (cpu, gpu).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the export succeeded).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+def export(model, out, max_seq_len, max_batch, dtype, device, overwrite, quiet):
+    """Export checkpoint MODEL (Paddle or HF folder) to OUT: the prefill/decode step program, its parameters,
+    the normalized config, tokenizer and generation files, and a manifest with digests."""
+    from ..predictor import export as run
+
+    start = time.perf_counter()
+    folder = run(model, out, max_seq_len=max_seq_len, max_batch=max_batch, dtype=dtype, device=device,
+                 overwrite=overwrite)
+    if not quiet:
+        size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        click.echo(f"exported {model} -> {folder} ({size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)")
+
+
+COMMANDS.append(export)

@@ -1,0 +1,46 @@
+"""``ernie-paddle serve``: the OpenAI-compatible HTTP server."""
+
+import click
+
+COMMANDS = []
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to bind.")
+@click.option("--api-keys-file", type=click.Path(path_type=str), default=None,
+              help="Bearer keys, one per line ('#' comments); when given, every route but /health needs one.")
+@click.option("--admin-keys-file", type=click.Path(path_type=str), default=None,
+              help="Keys that may also read everyone's usage at /admin/usage.")
+@click.option("--data-dir", type=click.Path(path_type=str), default=None,
+              help="Where the usage database lives (default: $ERNIE_PADDLE_HOME/server).")
+@click.option("--model-name", default=None, help="Model id clients send (default: the folder name).")
+@click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1, 1024),
+              help="Most sequences decoded together.")
+@click.option("--max-tokens-limit", default=4096, show_default=True, type=click.IntRange(1),
+              help="Largest max_tokens a request may ask for.")
+@click.option("--device", default=None, help="cpu, gpu or gpu:N (default: GPU when present).")
+@click.option("--threads", type=int, default=None, help="CPU threads for Paddle.")
+@click.option("--engine", type=click.Choice(["auto", "predictor", "dygraph"]), default="auto", show_default=True,
+              help="predictor: exported Paddle Inference program (auto: wherever the model supports it).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(model, host, port, api_keys_file, admin_keys_file, data_dir, model_name, max_batch, max_tokens_limit,
+          device, threads, log_level, engine):
+    """Serve MODEL at /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics."""
+    from pathlib import Path
+
+    from ..errors import ErnieError
+    from ..server import Settings, run_server
+
+    if not Path(model).is_dir():
+        raise ErnieError("model folder does not exist", model)
+    settings = Settings(model_path=model, model_name=model_name, max_tokens_limit=max_tokens_limit,
+                        max_batch=max_batch, data_dir=data_dir, api_keys_file=api_keys_file,
+                        admin_keys_file=admin_keys_file, device=device, num_threads=threads,
+                        engine=engine)
+    run_server(settings, host=host, port=port, log_level=log_level)
+
+
+COMMANDS.append(serve)

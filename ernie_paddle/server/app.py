@@ -1,0 +1,49 @@
+"""The FastAPI app: state, routes, error handlers, request metrics; ``run_server`` starts uvicorn."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+
+from .api_errors import install_error_handlers
+from .routes_openai import router as openai_router
+from .routes_ops import router as ops_router
+from .state import ServerState, Settings
+
+
+def create_app(settings: Settings, runtime=None, tokenizer=None, background_load: bool = True) -> FastAPI:
+    """An app serving ``settings.model_path``; the model loads after startup (``/health`` says when)."""
+    state = ServerState(settings, runtime, tokenizer)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.start(background=background_load)
+        try:
+            yield
+        finally:
+            state.close()
+
+    app = FastAPI(title="ernie-paddle", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.server = state
+    install_error_handlers(app)
+    app.include_router(openai_router)
+    app.include_router(ops_router)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        route = request.scope.get("route")
+        state.metrics.inc("requests_total", route=getattr(route, "path", "unmatched"),
+                          status=response.status_code)
+        return response
+
+    return app
+
+
+def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Serve until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
+                timeout_graceful_shutdown=5)

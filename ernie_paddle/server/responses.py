@@ -1,0 +1,114 @@
+"""OpenAI response bodies and server-sent-event chunks for chat and text completions."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from .choices import token_text
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def sse(obj) -> bytes:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def chat_logprobs(tokenizer, tokens, cache: dict) -> dict:
+    content = []
+    for t in tokens:
+        text, raw = token_text(tokenizer, t.id, cache)
+        top = [{"token": token_text(tokenizer, i, cache)[0], "logprob": lp,
+                "bytes": token_text(tokenizer, i, cache)[1]} for i, lp in t.top or []]
+        content.append({"token": text, "logprob": t.logprob, "bytes": raw, "top_logprobs": top})
+    return {"content": content}
+
+
+def completion_logprobs(tokenizer, tokens, cache: dict, offset: int = 0) -> dict:
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for t in tokens:
+        text, _ = token_text(tokenizer, t.id, cache)
+        out["tokens"].append(text)
+        out["token_logprobs"].append(t.logprob)
+        out["top_logprobs"].append({token_text(tokenizer, i, cache)[0]: lp for i, lp in t.top or []})
+        out["text_offset"].append(offset)
+        offset += len(text)
+    return out
+
+
+class ChatFormat:
+    """Builds ``chat.completion`` bodies and ``chat.completion.chunk`` events for one request."""
+
+    object_name, chunk_name, id_prefix = "chat.completion", "chat.completion.chunk", "chatcmpl"
+
+    def __init__(self, model: str, tokenizer, logprobs: bool, token_ids: bool = False):
+        self.id, self.created, self.model = new_id(self.id_prefix), int(time.time()), model
+        self.tokenizer, self.logprobs, self.cache, self.token_ids = tokenizer, logprobs, {}, token_ids
+
+    def _ids(self, choice: dict, tokens) -> dict:
+        if self.token_ids:
+            choice["token_ids"] = [t.id for t in tokens]
+        return choice
+
+    def _head(self, name: str) -> dict:
+        return {"id": self.id, "object": name, "created": self.created, "model": self.model}
+
+    def start_chunk(self, index: int) -> dict:
+        return {**self._head(self.chunk_name),
+                "choices": [{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                             "finish_reason": None}]}
+
+    def chunk(self, d) -> dict:
+        delta = {"content": d.text} if d.text or not d.finish_reason else {}
+        lp = chat_logprobs(self.tokenizer, d.tokens, self.cache) if self.logprobs and d.tokens else None
+        choice = {"index": d.index, "delta": delta, "logprobs": lp, "finish_reason": d.finish_reason}
+        return {**self._head(self.chunk_name), "choices": [self._ids(choice, d.tokens)]}
+
+    def usage_chunk(self, usage: dict) -> dict:
+        return {**self._head(self.chunk_name), "choices": [], "usage": usage}
+
+    def body(self, results: list[dict], usage: dict) -> dict:
+        choices = [self._ids({"index": r["index"], "message": {"role": "assistant", "content": r["text"]},
+                              "logprobs": chat_logprobs(self.tokenizer, r["tokens"], self.cache)
+                              if self.logprobs else None, "finish_reason": r["finish_reason"]}, r["tokens"])
+                   for r in results]
+        return {**self._head(self.object_name), "choices": choices, "usage": usage}
+
+
+class CompletionFormat(ChatFormat):
+    """``text_completion`` bodies and chunks (legacy completions route)."""
+
+    object_name, chunk_name, id_prefix = "text_completion", "text_completion", "cmpl"
+
+    def __init__(self, model: str, tokenizer, logprobs: bool, token_ids: bool = False):
+        super().__init__(model, tokenizer, logprobs, token_ids)
+        self.offsets: dict[int, int] = {}
+
+    def start_chunk(self, index: int) -> None:
+        return None
+
+    def chunk(self, d) -> dict:
+        lp = None
+        if self.logprobs:
+            lp = completion_logprobs(self.tokenizer, d.tokens, self.cache, self.offsets.get(d.index, 0))
+            self.offsets[d.index] = self.offsets.get(d.index, 0) + sum(len(t) for t in lp["tokens"])
+        choice = {"index": d.index, "text": d.text, "logprobs": lp, "finish_reason": d.finish_reason}
+        return {**self._head(self.chunk_name), "choices": [self._ids(choice, d.tokens)]}
+
+    def body(self, results: list[dict], usage: dict) -> dict:
+        choices = [self._ids({"index": r["index"], "text": r["text"],
+                              "logprobs": completion_logprobs(self.tokenizer, r["tokens"], self.cache)
+                              if self.logprobs else None, "finish_reason": r["finish_reason"]}, r["tokens"])
+                   for r in results]
+        return {**self._head(self.object_name), "choices": choices, "usage": usage}

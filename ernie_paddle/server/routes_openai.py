@@ -1,0 +1,106 @@
+"""``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models``."""
+
+from __future__ import annotations
+
+import time
+from contextlib import aclosing
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from .api_errors import APIError
+from .choices import Tally, fan_in, run_choice
+from .prepare import chat_prompt, check_model, completion_prompts, sampling_params, token_budget
+from .responses import SSE_DONE, ChatFormat, CompletionFormat, sse, usage_dict
+from .schemas import ChatRequest, CompletionRequest
+from .security import caller
+
+router = APIRouter()
+
+
+def _record(state, kid: str, prompt_tokens: int, tally: Tally) -> None:
+    state.usage.record(kid, state.settings.model_name, prompt_tokens, tally.completion_tokens)
+    state.metrics.inc("prompt_tokens_total", prompt_tokens)
+    state.metrics.inc("completion_tokens_total", tally.completion_tokens)
+    if tally.first_token is not None and tally.completion_tokens > 1:
+        elapsed = time.perf_counter() - tally.first_token
+        if elapsed > 0:
+            state.metrics.observe("request_tokens_per_second", (tally.completion_tokens - 1) / elapsed)
+
+
+async def _respond(state, kid: str, fmt, jobs: list, prompt_tokens: int, req):
+    """Run every (index, prompt, params) job; a JSON body, or an SSE stream when ``req.stream``."""
+    tally = Tally()
+    stops = req.stop_list()
+    streams = [run_choice(state, i, prompt, params, stops, tally) for i, prompt, params in jobs]
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        async def events():
+            try:
+                for i, _, _ in jobs:
+                    start = fmt.start_chunk(i)
+                    if start:
+                        yield sse(start)
+                try:
+                    async with aclosing(fan_in(streams)) as deltas:
+                        async for d in deltas:
+                            yield sse(fmt.chunk(d))
+                except Exception as exc:  # mid-stream failure: the status line is gone, so say it in-band
+                    yield sse({"error": {"message": str(exc), "type": "server_error"}})
+                if include_usage:
+                    yield sse(fmt.usage_chunk(usage_dict(prompt_tokens, tally.completion_tokens)))
+                yield SSE_DONE
+            finally:  # also on client disconnect: the choices are cancelled by their own cleanup
+                _record(state, kid, prompt_tokens, tally)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    results = {i: {"index": i, "text": "", "tokens": [], "finish_reason": None} for i, _, _ in jobs}
+    try:
+        async with aclosing(fan_in(streams)) as deltas:
+            async for d in deltas:
+                r = results[d.index]
+                r["text"] += d.text
+                r["tokens"] += d.tokens
+                r["finish_reason"] = d.finish_reason or r["finish_reason"]
+    finally:
+        _record(state, kid, prompt_tokens, tally)
+    return fmt.body([results[i] for i in sorted(results)], usage_dict(prompt_tokens, tally.completion_tokens))
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(req: ChatRequest, request: Request, kid: str = Depends(caller)):
+    state = request.app.state.server
+    check_model(state, req.model)
+    prompt = chat_prompt(state, req)
+    max_tokens = token_budget(state, len(prompt), req.max_completion_tokens or req.max_tokens, "messages")
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    jobs = [(i, prompt, sampling_params(state, req, max_tokens, logprobs, i)) for i in range(req.n)]
+    fmt = ChatFormat(state.settings.model_name, state.tokenizer, req.logprobs, req.return_token_ids)
+    return await _respond(state, kid, fmt, jobs, len(prompt), req)
+
+
+@router.post("/v1/completions")
+async def completions(req: CompletionRequest, request: Request, kid: str = Depends(caller)):
+    state = request.app.state.server
+    check_model(state, req.model)
+    if req.echo:
+        raise APIError(400, "echo is not supported by this server", "echo")
+    prompts = completion_prompts(state, req)
+    jobs = []
+    for p, prompt in enumerate(prompts):
+        max_tokens = token_budget(state, len(prompt), req.max_tokens, "prompt")
+        jobs += [(p * req.n + i, prompt, sampling_params(state, req, max_tokens, req.logprobs, i))
+                 for i in range(req.n)]
+    fmt = CompletionFormat(state.settings.model_name, state.tokenizer, req.logprobs is not None,
+                           req.return_token_ids)
+    return await _respond(state, kid, fmt, jobs, sum(map(len, prompts)), req)
+
+
+@router.get("/v1/models")
+async def models(request: Request, kid: str = Depends(caller)):
+    state = request.app.state.server
+    return {"object": "list", "data": [{"id": state.settings.model_name, "object": "model", "created": 0,
+                                        "owned_by": "ernie-paddle",
+                                        "max_model_len": state.context_length if state.ready else None}]}

@@ -1,0 +1,83 @@
+"""Per-sequence sampling with its own options and random generator, so batching never changes a result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..generation import Options, choose_next
+
+
+@dataclass
+class SamplingParams:
+    """What one sequence asks for (OpenAI request fields plus vLLM-style extras)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    min_tokens: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+    logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token plus k alternatives
+
+
+@dataclass
+class TokenChoice:
+    """A sampled token and, when asked, its log-probability and the top alternatives."""
+
+    id: int
+    logprob: float | None = None
+    top: list[tuple[int, float]] | None = None
+
+
+class RowSampler:
+    """Pick the next token of one sequence from its logits row."""
+
+    def __init__(self, params: SamplingParams, vocab_limit: int | None = None):
+        self.params = params
+        self.vocab_limit = vocab_limit
+        self.opts = Options(max_new_tokens=params.max_tokens, min_new_tokens=params.min_tokens,
+                            do_sample=params.temperature > 0, temperature=params.temperature or 1.0,
+                            top_k=params.top_k, top_p=params.top_p, stop_token_ids=params.stop_token_ids,
+                            seed=params.seed)
+        self.rng = np.random.default_rng(None if params.seed is None else params.seed % 2**64)
+        self.history: list[set[int]] = [set()]
+        self.step = 0
+        self.plain_greedy = params.temperature <= 0 and params.logprobs is None and params.min_tokens == 0
+
+    def __call__(self, logits: np.ndarray) -> TokenChoice:
+        row = logits[None, :]
+        if self.vocab_limit is not None and row.shape[-1] > self.vocab_limit:
+            row = row.copy()
+            row[:, self.vocab_limit:] = -np.inf  # padded embedding rows are not tokens
+        token = int(choose_next(row, self.opts, self.rng, self.history, self.step)[0])
+        self.step += 1
+        if self.params.logprobs is None:
+            return TokenChoice(token)
+        x = row[0].astype(np.float64)
+        lse = x.max() + np.log(np.exp(x - x.max()).sum())
+        k = min(self.params.logprobs, x.shape[0])
+        top = []
+        if k:
+            idx = np.argpartition(-x, k - 1)[:k]
+            idx = idx[np.argsort(-x[idx], kind="stable")]
+            top = [(int(i), float(x[i] - lse)) for i in idx]
+        return TokenChoice(token, float(x[token] - lse), top)
+
+
+def sample_rows(samplers: list[RowSampler], logits: np.ndarray) -> list[TokenChoice]:
+    """One choice per row of ``logits`` [B, V]; plain greedy rows share one vectorised argmax."""
+    out: list[TokenChoice | None] = [None] * len(samplers)
+    fast = [r for r, s in enumerate(samplers) if s.plain_greedy]
+    if fast:
+        limit = min(s.vocab_limit or logits.shape[-1] for s in (samplers[r] for r in fast))
+        picks = logits[fast, :limit].argmax(axis=-1)
+        for r, tok in zip(fast, picks.tolist()):
+            out[r] = TokenChoice(int(tok))
+            samplers[r].step += 1
+    for r, s in enumerate(samplers):
+        if out[r] is None:
+            out[r] = s(logits[r])
+    return out

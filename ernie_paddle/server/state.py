@@ -1,0 +1,100 @@
+"""What the app holds: settings, the loaded model + tokenizer, the scheduler, usage store, keys and metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .auth import KeyRing
+from .metrics import server_metrics
+from .usage import UsageStore, default_data_dir
+
+log = logging.getLogger("ernie_paddle.server")
+
+
+@dataclass
+class Settings:
+    """Server options (the ``serve`` command's flags)."""
+
+    model_path: str
+    model_name: str | None = None
+    max_tokens_limit: int = 4096
+    max_batch: int = 32
+    data_dir: str | None = None
+    api_keys_file: str | None = None
+    admin_keys_file: str | None = None
+    device: str | None = None
+    num_threads: int | None = None
+    engine: str | None = None  # "auto", "predictor" or "dygraph" (see ernie_paddle.predictor.resolve_engine)
+
+    def __post_init__(self):
+        self.model_name = self.model_name or Path(self.model_path).resolve().name
+
+
+class ServerState:
+    """Loads the model in a background thread; ``ready`` turns true once it can serve."""
+
+    def __init__(self, settings: Settings, runtime=None, tokenizer=None):
+        self.settings = settings
+        self.keys = KeyRing.from_files(settings.api_keys_file, settings.admin_keys_file)
+        self.usage = UsageStore(settings.data_dir or default_data_dir())
+        self.runtime, self.tokenizer, self.scheduler = runtime, tokenizer, None
+        self.error: str | None = None
+        self.ready = False
+        self.metrics = server_metrics(lambda: self.scheduler.queue_depth if self.scheduler else 0,
+                                      lambda: self.scheduler.running if self.scheduler else 0)
+
+    def start(self, background: bool = True) -> None:
+        if background:
+            threading.Thread(target=self._load, name="ernie-load", daemon=True).start()
+        else:
+            self._load()
+
+    def _load(self) -> None:
+        from ..loading import load
+        from ..tokenizer import ErnieTokenizer
+        from .engine import EagerEngine
+        from .scheduler import Scheduler
+
+        try:
+            s = self.settings
+            if self.runtime is None:
+                self.runtime = load(s.model_path, device=s.device, num_threads=s.num_threads, engine=s.engine)
+            if self.tokenizer is None:
+                self.tokenizer = ErnieTokenizer.from_folder(s.model_path)
+            make_engine = getattr(self.runtime, "make_engine", None)  # the predictor brings its own
+            engine = make_engine() if make_engine else EagerEngine(self.runtime)
+            self.scheduler = Scheduler(engine, s.max_batch, on_step=self._on_step)
+            self.scheduler.start()
+            self.ready = True
+            log.info("model %s ready", s.model_name)
+        except Exception as exc:  # reported by /health; the process keeps answering
+            log.exception("loading the model failed")
+            self.error = str(exc)
+
+    def _on_step(self, batch: int, seconds: float) -> None:
+        self.metrics.observe("decode_batch_size", batch)
+        if seconds > 0:
+            self.metrics.observe("batch_tokens_per_second", batch / seconds)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.runtime.config.max_position_embeddings)
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        ids = set(self.tokenizer.stop_token_ids)
+        eos = getattr(self.runtime.config, "eos_token_id", None)
+        ids.update(eos if isinstance(eos, list | tuple) else [] if eos is None else [eos])
+        return tuple(sorted(ids))
+
+    @property
+    def generation_defaults(self) -> dict:
+        return getattr(self.runtime, "generation_defaults", None) or {}
+
+    def close(self) -> None:
+        if self.scheduler:
+            self.scheduler.stop()
+        self.usage.close()

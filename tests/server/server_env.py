@@ -1,0 +1,65 @@
+"""Constants and the server process wrapper shared by the server tests."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+USER_KEYS = ["sk-test-alpha", "sk-test-beta", "sk-usage-one", "sk-usage-two"]
+ADMIN_KEY = "sk-admin-root"
+MODEL_NAME = f"ernie-tiny-{os.getpid()}"  # unique: a server of another test session never answers for ours
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """Start/stop ``python -m ernie_paddle serve`` and wait until /health says ready."""
+
+    def __init__(self, model, data_dir, keys_file, admin_file, log_path):
+        self.model, self.data_dir, self.log_path = model, data_dir, log_path
+        self.keys_file, self.admin_file = keys_file, admin_file
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 120) -> None:
+        cmd = [sys.executable, "-m", "ernie_paddle", "serve", str(self.model), "--port", str(self.port),
+               "--api-keys-file", str(self.keys_file), "--admin-keys-file", str(self.admin_file),
+               "--data-dir", str(self.data_dir), "--model-name", MODEL_NAME, "--max-tokens-limit", "2048",
+               "--log-level", "warning", "--threads", "1"]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                r = httpx.get(self.base + "/health", timeout=2)
+                if r.status_code == 200 and r.json().get("model") == MODEL_NAME:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("server did not become ready:\n" + self.log_path.read_text(errors="replace")[-3000:])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
