@@ -62,6 +62,16 @@ def run_distributed(tp: int, nnodes: int, master: str | None, engine: str | None
         raise click.UsageError(f"--tp {tp} does not split evenly over --nnodes {nnodes}")
     if nnodes > 1 and not master:
         raise click.UsageError("--nnodes > 1 needs --master HOST:PORT (the same on every host)")
+    model = click.get_current_context().params.get("model")
+    if model is not None:  # a bad folder is refused once, here, before any rank starts
+        from pathlib import Path
+
+        from converters.tp_split import MANIFEST
+
+        from ..checkpoint import open_checkpoint
+
+        if not (Path(model) / MANIFEST).is_file():
+            open_checkpoint(model)
     from ..distributed.launcher import relaunch
 
     code = relaunch(_command_line(click.get_current_context()), tp // nnodes, nnodes, master)

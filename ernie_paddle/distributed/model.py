@@ -22,14 +22,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import numpy as np
-import paddle
 from paddle import nn
 
 from ..config import ErnieConfig
 from ..model.ernie import DecoderLayer, ErnieForCausalLM, ErnieModel
 from ..model.layers import MLP, Attention, Linear, RMSNorm
-from ..model.moe import MoEStatics, Router, SparseMoE, route
+from ..model.moe import SparseMoE
 from .comm import Comm
 
 MOE_MODES = ("tp", "ep")
@@ -73,43 +71,13 @@ class TPPlan:
         return not (self.moe == "ep" and _EXPERT.match(key))
 
 
-class ExpertParallelMoE(SparseMoE):
+def expert_parallel_moe(config: ErnieConfig, plan: TPPlan) -> SparseMoE:
     """SparseMoE holding only the experts this rank owns (whole), and its slice of the shared experts.
 
-    ``forward`` returns this rank's partial sum; the decoder layer's all_reduce adds the others.
+    Its ``forward`` returns this rank's partial sum; the decoder layer's all_reduce adds the others.
     """
-
-    def __init__(self, config: ErnieConfig, plan: TPPlan):
-        nn.Layer.__init__(self)
-        h, e = config.hidden_size, config.moe_num_experts
-        self.top_k, self.norm_min, self.act = config.moe_k, config.moe_norm_min, config.moe_gate_act
-        self.use_bias = config.moe_use_aux_free
-        self.gate = Router(h, e)
-        self.moe_statics = MoEStatics(e)
-        self.owned = plan.experts(e)
-        self.experts = nn.LayerList([MLP(h, config.moe_intermediate_size) for _ in self.owned])
-        shared = config.shared_intermediate_size // plan.tp
-        self.shared_experts = MLP(h, shared) if config.moe_num_shared_experts > 0 else None
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        shape = x.shape
-        flat = x.reshape([-1, shape[-1]])
-        bias = self.moe_statics.e_score_correction_bias if self.use_bias else None
-        ids, weights = route(flat, self.gate.weight, bias, self.top_k, self.norm_min, self.act)
-        weights = weights.astype(flat.dtype)
-        out = paddle.zeros_like(flat)
-        ids_np = ids.numpy()
-        for expert_id in np.unique(ids_np).tolist():
-            if expert_id not in self.owned:
-                continue
-            rows, slots = np.nonzero(ids_np == expert_id)
-            rows_t = paddle.to_tensor(rows, dtype="int64")
-            slot_w = weights[rows_t, paddle.to_tensor(slots, dtype="int64")].unsqueeze(-1)
-            expert = self.experts[expert_id - self.owned.start]
-            out = paddle.index_add(out, rows_t, 0, expert(paddle.gather(flat, rows_t)) * slot_w)
-        if self.shared_experts is not None:
-            out = out + self.shared_experts(flat)
-        return out.reshape(shape)
+    return SparseMoE(config, owned=plan.experts(config.moe_num_experts),
+                     shared_size=config.shared_intermediate_size // plan.tp)
 
 
 class TPDecoderLayer(DecoderLayer):
@@ -123,7 +91,7 @@ class TPDecoderLayer(DecoderLayer):
         if not moe:
             self.mlp = MLP(config.hidden_size, local.intermediate_size)
         elif plan.moe == "ep":
-            self.mlp = ExpertParallelMoE(config, plan)
+            self.mlp = expert_parallel_moe(config, plan)
         else:
             self.mlp = SparseMoE(local)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)

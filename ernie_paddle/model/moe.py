@@ -48,16 +48,19 @@ def route(x: paddle.Tensor, gate: paddle.Tensor, bias: paddle.Tensor | None, k: 
 class SparseMoE(nn.Layer):
     """Routed experts (each ``up_gate_proj`` [H, 2Im] + ``down_proj``), optional shared experts, router."""
 
-    def __init__(self, config: ErnieConfig):
+    def __init__(self, config: ErnieConfig, owned: range | None = None, shared_size: int | None = None):
+        """``owned``: the experts this layer holds (all by default; expert parallel holds a range, and
+        ``forward`` then returns this part's share of the sum). ``shared_size``: shared-expert width."""
         super().__init__()
         h, e = config.hidden_size, config.moe_num_experts
         self.top_k, self.norm_min, self.act = config.moe_k, config.moe_norm_min, config.moe_gate_act
         self.use_bias = config.moe_use_aux_free
         self.gate = Router(h, e)
         self.moe_statics = MoEStatics(e)
-        self.experts = nn.LayerList([MLP(h, config.moe_intermediate_size) for _ in range(e)])
-        self.shared_experts = (MLP(h, config.shared_intermediate_size)
-                               if config.moe_num_shared_experts > 0 else None)
+        self.owned = owned if owned is not None else range(e)
+        self.experts = nn.LayerList([MLP(h, config.moe_intermediate_size) for _ in self.owned])
+        shared = config.shared_intermediate_size if shared_size is None else shared_size
+        self.shared_experts = MLP(h, shared) if config.moe_num_shared_experts > 0 else None
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         shape = x.shape
@@ -68,10 +71,12 @@ class SparseMoE(nn.Layer):
         out = paddle.zeros_like(flat)
         ids_np = ids.numpy()
         for expert_id in np.unique(ids_np).tolist():
+            if expert_id not in self.owned:
+                continue
             rows, slots = np.nonzero(ids_np == expert_id)
             rows_t = paddle.to_tensor(rows, dtype="int64")
             slot_w = weights[rows_t, paddle.to_tensor(slots, dtype="int64")].unsqueeze(-1)
-            expert_out = self.experts[expert_id](paddle.gather(flat, rows_t)) * slot_w
+            expert_out = self.experts[expert_id - self.owned.start](paddle.gather(flat, rows_t)) * slot_w
             out = paddle.index_add(out, rows_t, 0, expert_out)
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat)
