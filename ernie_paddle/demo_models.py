@@ -65,9 +65,9 @@ def make_tiny_hf_checkpoint(folder: str | Path, kind: str = "dense", seed: int =
     if mtp:
         _add_hf_mtp(folder, model, mtp, seed)
     if tokenizer:
-        from .tokenizer_files import MIN_VOCAB, write_demo_tokenizer
+        from .tokenizer_files import MAX_VOCAB, MIN_VOCAB, write_demo_tokenizer
 
-        if model.config.vocab_size >= MIN_VOCAB:
+        if MIN_VOCAB <= model.config.vocab_size <= MAX_VOCAB:
             write_demo_tokenizer(folder, model.config.vocab_size, seed=seed)
     return folder
 
