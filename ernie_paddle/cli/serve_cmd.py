@@ -24,11 +24,23 @@ COMMANDS = []
 @click.option("--threads", type=int, default=None, help="CPU threads for Paddle.")
 @click.option("--engine", type=click.Choice(["auto", "predictor", "dygraph"]), default="auto", show_default=True,
               help="predictor: exported Paddle Inference program (auto: wherever the model supports it).")
+@click.option("--speculative", type=click.Choice(["mtp"]), default=None,
+              help="Draft tokens with the checkpoint's MTP layer and verify them in one forward (same output "
+                   "law). Requests then run one at a time on the dygraph engine: no continuous batching.")
+@click.option("--num-draft", default=1, show_default=True, type=click.IntRange(1),
+              help="Tokens drafted per step with --speculative.")
+@click.option("--image-dir", type=click.Path(exists=True, file_okay=False, path_type=str), default=None,
+              help="VL models: image_url parts may name local files under this folder (otherwise only "
+                   "data: URLs are accepted).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(model, host, port, api_keys_file, admin_keys_file, data_dir, model_name, max_batch, max_tokens_limit,
-          device, threads, log_level, engine):
-    """Serve MODEL at /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics."""
+          device, threads, log_level, engine, speculative, num_draft, image_dir):
+    """Serve MODEL at /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics.
+
+    An ERNIE 4.5 VL model takes image_url content parts (data: URLs, or local files under --image-dir;
+    never fetched from the network) and serves requests one at a time (no continuous batching).
+    """
     from pathlib import Path
 
     from ..errors import ErnieError
@@ -36,10 +48,12 @@ def serve(model, host, port, api_keys_file, admin_keys_file, data_dir, model_nam
 
     if not Path(model).is_dir():
         raise ErnieError("model folder does not exist", model)
+    if speculative and engine == "predictor":
+        raise ErnieError("--speculative runs on the dygraph engine, not the predictor")
     settings = Settings(model_path=model, model_name=model_name, max_tokens_limit=max_tokens_limit,
                         max_batch=max_batch, data_dir=data_dir, api_keys_file=api_keys_file,
                         admin_keys_file=admin_keys_file, device=device, num_threads=threads,
-                        engine=engine)
+                        engine=engine, speculative=speculative, num_draft=num_draft, image_dir=image_dir)
     run_server(settings, host=host, port=port, log_level=log_level)
 
 

@@ -26,7 +26,7 @@ class Metrics:
 
     def __init__(self, prefix: str = "ernie_"):
         self.prefix = prefix
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # gauges may read counters while rendering
         self._help: dict[str, tuple[str, str]] = {}
         self._counters: dict[str, dict[tuple, float]] = {}
         self._hists: dict[str, tuple[tuple, list[int], list[float]]] = {}
@@ -94,4 +94,9 @@ def server_metrics(queue_depth: Callable[[], float], running: Callable[[], float
     m.histogram("decode_batch_size", "Sequences decoded together per step", BATCH_BUCKETS)
     m.gauge("queue_depth", "Sequences waiting to join the running batch", queue_depth)
     m.gauge("running_sequences", "Sequences in the running batch", running)
+    m.counter("speculative_draft_tokens_total", "Tokens drafted by the MTP layer (--speculative)")
+    m.counter("speculative_accepted_tokens_total", "Drafted tokens the main model accepted (--speculative)")
+    m.gauge("speculative_acceptance_rate", "Accepted / drafted tokens since start (0 before any draft)",
+            lambda: m.value("speculative_accepted_tokens_total")
+            / max(1, m.value("speculative_draft_tokens_total")))
     return m

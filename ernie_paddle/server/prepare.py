@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import ErnieError
 from .api_errors import APIError
+from .images import refuse_images, vl_chat_inputs
 from .sampling import SamplingParams
 
 
@@ -13,9 +14,13 @@ def check_model(state, name: str) -> None:
                        "model", "model_not_found")
 
 
-def chat_prompt(state, req) -> list[int]:
+def chat_prompt(state, req):
+    """Prompt ids; for a VL model, the VL runtime's inputs (ids plus pixels of the image parts)."""
     if not req.messages:
         raise APIError(400, "'messages' must hold at least one message", "messages", "empty_messages")
+    if state.is_vl:
+        return vl_chat_inputs(state, req)
+    refuse_images(state, req)
     messages = [{"role": m.role, "content": m.text()} for m in req.messages]
     try:
         return state.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
@@ -57,6 +62,12 @@ def token_budget(state, prompt_len: int, requested: int | None, param: str) -> i
         raise APIError(400, f"prompt ({prompt_len} tokens) + max_tokens ({requested}) exceeds the model's "
                        f"context of {ctx} tokens", "max_tokens", "context_length_exceeded")
     return requested
+
+
+def check_logprobs(state, wanted: bool) -> None:
+    if wanted and state.sequential:
+        raise APIError(400, "logprobs are not available when serving a VL model or with --speculative",
+                       "logprobs", "logprobs_not_supported")
 
 
 def sampling_params(state, req, max_tokens: int, logprobs: int | None, index: int) -> SamplingParams:

@@ -10,7 +10,15 @@ from fastapi.responses import StreamingResponse
 
 from .api_errors import APIError
 from .choices import Tally, fan_in, run_choice
-from .prepare import chat_prompt, check_model, completion_prompts, sampling_params, token_budget
+from .images import prompt_length
+from .prepare import (
+    chat_prompt,
+    check_logprobs,
+    check_model,
+    completion_prompts,
+    sampling_params,
+    token_budget,
+)
 from .responses import SSE_DONE, ChatFormat, CompletionFormat, sse, usage_dict
 from .schemas import ChatRequest, CompletionRequest
 from .security import caller
@@ -73,12 +81,14 @@ async def _respond(state, kid: str, fmt, jobs: list, prompt_tokens: int, req):
 async def chat_completions(req: ChatRequest, request: Request, kid: str = Depends(caller)):
     state = request.app.state.server
     check_model(state, req.model)
+    check_logprobs(state, req.logprobs)
     prompt = chat_prompt(state, req)
-    max_tokens = token_budget(state, len(prompt), req.max_completion_tokens or req.max_tokens, "messages")
+    prompt_len = prompt_length(prompt)
+    max_tokens = token_budget(state, prompt_len, req.max_completion_tokens or req.max_tokens, "messages")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     jobs = [(i, prompt, sampling_params(state, req, max_tokens, logprobs, i)) for i in range(req.n)]
     fmt = ChatFormat(state.settings.model_name, state.tokenizer, req.logprobs, req.return_token_ids)
-    return await _respond(state, kid, fmt, jobs, len(prompt), req)
+    return await _respond(state, kid, fmt, jobs, prompt_len, req)
 
 
 @router.post("/v1/completions")
@@ -87,6 +97,7 @@ async def completions(req: CompletionRequest, request: Request, kid: str = Depen
     check_model(state, req.model)
     if req.echo:
         raise APIError(400, "echo is not supported by this server", "echo")
+    check_logprobs(state, req.logprobs is not None)
     prompts = completion_prompts(state, req)
     jobs = []
     for p, prompt in enumerate(prompts):

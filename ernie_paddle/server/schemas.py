@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
@@ -20,15 +20,38 @@ class TextPart(_Body):
     text: StrictStr
 
 
+class ImageURL(_Body):
+    url: StrictStr
+    detail: StrictStr | None = None
+
+
+class ImagePart(_Body):
+    """An image as a ``data:`` URL or a local file path (served only by VL models; never fetched)."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
 class ChatMessage(_Body):
     role: StrictStr
-    content: StrictStr | list[TextPart] | None = None
+    content: StrictStr | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]] | None = None
     name: StrictStr | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
+            return "".join(part.text for part in self.content if isinstance(part, TextPart))
         return self.content or ""
+
+    def images(self) -> list[str]:
+        return [p.image_url.url for p in self.content if isinstance(p, ImagePart)] \
+            if isinstance(self.content, list) else []
+
+    def parts(self) -> str | list[dict]:
+        """The content as the VL runtime takes it: a string, or OpenAI-style part dicts."""
+        if not isinstance(self.content, list):
+            return self.content or ""
+        return [{"type": "text", "text": p.text} if isinstance(p, TextPart)
+                else {"type": "image_url", "image_url": {"url": p.image_url.url}} for p in self.content]
 
 
 class _Sampling(_Body):

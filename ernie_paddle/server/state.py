@@ -7,6 +7,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from ..errors import ErnieError
 from .auth import KeyRing
 from .metrics import server_metrics
 from .usage import UsageStore, default_data_dir
@@ -28,6 +31,9 @@ class Settings:
     device: str | None = None
     num_threads: int | None = None
     engine: str | None = None  # "auto", "predictor" or "dygraph" (see ernie_paddle.predictor.resolve_engine)
+    speculative: str | None = None  # "mtp": draft with the MTP layer, one sequence at a time
+    num_draft: int = 1
+    image_dir: str | None = None  # local image paths must lie under it; None refuses local paths
 
     def __post_init__(self):
         self.model_name = self.model_name or Path(self.model_path).resolve().name
@@ -55,24 +61,60 @@ class ServerState:
     def _load(self) -> None:
         from ..loading import load
         from ..tokenizer import ErnieTokenizer
-        from .engine import EagerEngine
-        from .scheduler import Scheduler
 
         try:
             s = self.settings
             if self.runtime is None:
-                self.runtime = load(s.model_path, device=s.device, num_threads=s.num_threads, engine=s.engine)
+                engine = "dygraph" if s.speculative else s.engine  # speculation needs the eager model
+                self.runtime = load(s.model_path, device=s.device, num_threads=s.num_threads, engine=engine)
             if self.tokenizer is None:
                 self.tokenizer = ErnieTokenizer.from_folder(s.model_path)
-            make_engine = getattr(self.runtime, "make_engine", None)  # the predictor brings its own
-            engine = make_engine() if make_engine else EagerEngine(self.runtime)
-            self.scheduler = Scheduler(engine, s.max_batch, on_step=self._on_step)
+            self.scheduler = self._make_scheduler()
             self.scheduler.start()
             self.ready = True
             log.info("model %s ready", s.model_name)
         except Exception as exc:  # reported by /health; the process keeps answering
             log.exception("loading the model failed")
             self.error = str(exc)
+
+    def _make_scheduler(self):
+        """Continuous batching, or one sequence at a time through the runtime's ``stream`` (VL, speculative)."""
+        s = self.settings
+        if not self.sequential:
+            from .engine import EagerEngine
+            from .scheduler import Scheduler
+
+            make_engine = getattr(self.runtime, "make_engine", None)  # the predictor brings its own
+            engine = make_engine() if make_engine else EagerEngine(self.runtime)
+            return Scheduler(engine, s.max_batch, on_step=self._on_step)
+        from .sequential import SequentialScheduler
+
+        if self.is_vl:
+            if s.speculative:
+                raise ErnieError("--speculative runs on ERNIE 4.5 text models with an MTP layer, not VL models")
+            from .images import vl_input
+
+            return SequentialScheduler(self.runtime, lambda p: vl_input(self.runtime.config, p))
+        from ..speculative import check_method
+
+        check_method(self.runtime.model, s.speculative, s.num_draft)
+        return SequentialScheduler(self.runtime, lambda p: np.array([p], dtype=np.int64), self._on_sequence,
+                                   speculative=s.speculative, num_draft=s.num_draft)
+
+    def _on_sequence(self, runtime) -> None:
+        stats = getattr(runtime, "speculative_stats", None)
+        if stats is not None:
+            self.metrics.inc("speculative_draft_tokens_total", stats.drafted)
+            self.metrics.inc("speculative_accepted_tokens_total", stats.accepted)
+
+    @property
+    def is_vl(self) -> bool:
+        return getattr(getattr(self.runtime, "config", None), "family", None) == "vl"
+
+    @property
+    def sequential(self) -> bool:
+        """True when requests run one at a time (a VL model, or speculative decoding)."""
+        return self.is_vl or bool(self.settings.speculative)
 
     def _on_step(self, batch: int, seconds: float) -> None:
         self.metrics.observe("decode_batch_size", batch)

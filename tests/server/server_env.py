@@ -22,8 +22,8 @@ def free_port() -> int:
 class ServerProcess:
     """Start/stop ``python -m ernie_paddle serve`` and wait until /health says ready."""
 
-    def __init__(self, model, data_dir, keys_file, admin_file, log_path):
-        self.model, self.data_dir, self.log_path = model, data_dir, log_path
+    def __init__(self, model, data_dir, keys_file, admin_file, log_path, extra_args=()):
+        self.model, self.data_dir, self.log_path, self.extra_args = model, data_dir, log_path, list(extra_args)
         self.keys_file, self.admin_file = keys_file, admin_file
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -33,7 +33,7 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "ernie_paddle", "serve", str(self.model), "--port", str(self.port),
                "--api-keys-file", str(self.keys_file), "--admin-keys-file", str(self.admin_file),
                "--data-dir", str(self.data_dir), "--model-name", MODEL_NAME, "--max-tokens-limit", "2048",
-               "--log-level", "warning", "--threads", "1"]
+               "--log-level", "warning", "--threads", "1", *self.extra_args]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
         deadline = time.time() + timeout

@@ -1,0 +1,65 @@
+"""One sequence at a time through the runtime's own ``stream``: VL prompts and speculative decoding.
+
+No continuous batching here: requests wait in the queue while one generates. Each sequence's sink gets
+the same events as with the batching ``Scheduler``, whose queue, worker loop and stop rules this reuses.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Callable
+
+import paddle
+
+from .sampling import TokenChoice
+from .scheduler import Scheduler, Sequence
+
+log = logging.getLogger("ernie_paddle.server")
+
+
+class SequentialScheduler(Scheduler):
+    """``to_input`` turns a sequence's prompt into ``runtime.stream``'s first argument; ``on_done(runtime)``
+    runs after every sequence (e.g. to read speculative counters); ``stream_options`` go to every stream."""
+
+    def __init__(self, runtime, to_input: Callable, on_done: Callable | None = None, **stream_options):
+        super().__init__(runtime, max_batch=1)
+        self.runtime, self.to_input, self.on_done, self.stream_options = runtime, to_input, on_done, stream_options
+
+    def _run(self) -> None:
+        if getattr(self.runtime, "device", None):
+            paddle.set_device(self.runtime.device)  # per thread
+        super()._run()
+
+    def _step(self) -> None:
+        try:
+            seq = self._waiting.get(timeout=0.05)
+        except queue.Empty:
+            return
+        if seq.cancelled:
+            return
+        self._active = [seq]
+        try:
+            self._generate(seq)
+        except Exception as exc:  # ends this sequence, not the server
+            log.exception("generation failed")
+            seq.sink(("error", f"generation failed: {exc}"))
+        finally:
+            self._active = []
+
+    def _generate(self, seq: Sequence) -> None:
+        p = seq.params
+        steps = self.runtime.stream(
+            self.to_input(seq.prompt), max_new_tokens=p.max_tokens, min_new_tokens=p.min_tokens,
+            do_sample=p.temperature > 0, temperature=p.temperature or 1.0, top_k=p.top_k, top_p=p.top_p,
+            repetition_penalty=1.0, seed=None if p.seed is None else p.seed % 2**64,
+            stop_token_ids=list(p.stop_token_ids), **self.stream_options)
+        try:
+            for step in steps:
+                if seq.cancelled or self._emit(seq, TokenChoice(int(step[0]))):
+                    return
+            seq.sink(("end", "length"))  # the runtime ended first (it applies the same limits)
+        finally:
+            getattr(steps, "close", lambda: None)()
+            if self.on_done:
+                self.on_done(self.runtime)
