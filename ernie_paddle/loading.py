@@ -225,6 +225,6 @@ def load(path, dtype: str | None = None, device: str | None = None, num_threads:
         model = build_model(config, dtype)
         load_weights(model, layout.iter_paddle_tensors(ckpt, "float32" if dtype == "float32" else "keep"),
                      ckpt.folder)
-    if device == "cpu":
+    if device == "cpu" and qc is None:  # quantized models keep memory low: no transposed head copy
         model.prepare_head()
     return ErnieRuntime(model, ckpt.folder, device, dtype, read_generation_config(ckpt.folder))

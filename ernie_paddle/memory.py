@@ -7,7 +7,8 @@ are replicated. KV heads are divided while ``tp <= kv_heads``, then replicated (
 
 CPU: Paddle CPU has no bf16 kernels, so unquantized tensors are resident in float32 whatever the
 checkpoint dtype; quantized storage stays compact and each layer is dequantized to float32 when used.
-A tied head also gets a transposed float32 copy on CPU (``ErnieForCausalLM.prepare_head``).
+A tied head also gets a transposed float32 copy on CPU (``ErnieForCausalLM.prepare_head``), except in
+quantized models, which keep memory low instead.
 GPU: unquantized tensors stay in the checkpoint dtype (bf16); routers and correction bias are fp32.
 """
 
@@ -286,7 +287,8 @@ def plan(cfg: ErnieConfig, *, quantization: str | None = None, context: int = 40
     kv_heads = max(1, cfg.num_key_value_heads // tp)
     kv_tok = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * kv_b
     kv_tok_rank = 2 * cfg.num_hidden_layers * kv_heads * cfg.head_dim * kv_b
-    head_copy = hp * _cdiv(cfg.vocab_size, tp) * cfg.hidden_size if device == "cpu" and cfg.tie_word_embeddings else 0
+    copies_head = device == "cpu" and cfg.tie_word_embeddings and not scheme.quantized  # see loading.load
+    head_copy = hp * _cdiv(cfg.vocab_size, tp) * cfg.hidden_size if copies_head else 0
     weights_rank = sum(tensor_bytes(t, scheme, hp) for t in rank) + head_copy
     act = _activations(cfg, rank, scheme, hp, device, tp, context, batch)
     runtime = CPU_RUNTIME_BYTES if device == "cpu" else GPU_RUNTIME_BYTES
