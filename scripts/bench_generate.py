@@ -182,15 +182,16 @@ def main(argv=None) -> int:
                    for b in map(int, args.batches.split(","))}
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        bandwidth = bp.measure_bandwidth(threads)
+        bandwidths = [bp.measure_bandwidth(threads)]  # measured again after each shape; the best counts
         all_results, shape_infos = {}, {}
         if "0.3b" in shapes:
             log("loading the runtimes ...", args.quiet)
             engines = [Ours(folder), Transformers(folder, threads)] + bp.extra_engines(
                 folder, work, threads, lambda m: log(m, args.quiet), not args.no_llamacpp)
             all_results["0.3b"] = measure(engines, prompts, args.new_tokens, args.repeats, args.quiet)
-            shape_infos["0.3b"] = bp.shape_info(folder, bandwidth)
+            shape_infos["0.3b"] = folder
             del engines
+            bandwidths.append(bp.measure_bandwidth(threads))
         if "moe" in shapes:  # one engine in memory at a time: each holds ~4 GB of fp32 weights
             moe = bp.make_moe_model(args.moe_model or work / "moe-model", lambda m: log(m, args.quiet))
             factories = [lambda: Ours(moe), lambda: Transformers(moe, threads), lambda: bp.Predictor(moe, work)]
@@ -199,7 +200,10 @@ def main(argv=None) -> int:
                               for q in ("F32", "Q8_0")]
             all_results["moe"] = bp.measure_sequential(factories, measure, prompts, args.new_tokens,
                                                        args.repeats, args.quiet)
-            shape_infos["moe"] = bp.shape_info(moe, bandwidth)
+            shape_infos["moe"] = moe
+            bandwidths.append(bp.measure_bandwidth(threads))
+        bandwidth = max(bandwidths)
+        shape_infos = {s: bp.shape_info(f, bandwidth) for s, f in shape_infos.items()}
         results = all_results.get("0.3b", {})
         speculative = None
         if args.speculative:
@@ -217,6 +221,7 @@ def main(argv=None) -> int:
     ratios = bp.by_ratio({s: bp.ratios_for(res, shape_infos[s]["ceiling_tok_s"]) for s, res in all_results.items()})
     result = {"threads": threads, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
               "model": str(args.model or "random 0.3B-shaped"), "bandwidth_gb_s": bandwidth,
+              "bandwidth_samples_gb_s": bandwidths,
               "shapes": shape_infos, "rows": rows, "ratios": ratios, "metrics": metrics}
     if metrics:
         print(f"{'metric':<18}{'ernie-paddle':>14}{'transformers':>14}{'speedup':>10}   ({threads} threads, fp32)")

@@ -39,16 +39,16 @@ def sparse_moe(moe, x: paddle.Tensor) -> paddle.Tensor:
     flat = x.reshape([-1, shape[-1]])
     bias = moe.moe_statics.e_score_correction_bias if moe.use_bias else None
     ids, weights = route(flat, moe.gate.weight, bias, moe.top_k, moe.norm_min, moe.act)
-    n_exp = len(moe.experts)
+    n_exp = moe.gate.weight.shape[1]
     hits = nn.functional.one_hot(ids, n_exp).astype(flat.dtype)  # [N, k, E]
     row_w = (hits * weights.astype(flat.dtype).unsqueeze(-1)).sum(axis=1)  # [N, E] weight per row/expert
     row_hit = hits.sum(axis=1) > 0  # [N, E]
     chosen = paddle.split(row_hit.any(axis=0), n_exp)  # one op instead of one slice per expert
     out = paddle.zeros_like(flat)
-    for e in range(n_exp):
+    for j, e in enumerate(getattr(moe, "owned", range(n_exp))):  # experts[j] is expert e
         if chosen[e]:
             rows = paddle.nonzero(row_hit[:, e]).flatten()
-            part = _mlp(moe.experts[e], paddle.gather(flat, rows)) * paddle.gather(row_w[:, e:e + 1], rows)
+            part = _mlp(moe.experts[j], paddle.gather(flat, rows)) * paddle.gather(row_w[:, e:e + 1], rows)
             out = paddle.index_add(out, rows, 0, part)
     if moe.shared_experts is not None:
         out = out + _mlp(moe.shared_experts, flat)
