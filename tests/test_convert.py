@@ -131,6 +131,7 @@ def test_pdparams_input(dense_hf, tmp_path):
     state = {k: paddle.to_tensor(np.asarray(v)) for k, v in load_file(pd / "model.safetensors").items()}
     paddle.save(state, str(legacy / "model_state.pdparams"))
     (legacy / "config.json").write_text((pd / "config.json").read_text())
+    assert open_checkpoint(legacy).files == [legacy / "model_state.pdparams"]
     convert(legacy, tmp_path / "back", quiet=True)
     _same_tensors(dense_hf, tmp_path / "back")
 
