@@ -98,7 +98,7 @@ TEXT_RULES: tuple[Rule, ...] = (
 QUANT_VARIANTS = {"q": ("quant_weight", "weight"), "s": ("weight_scale", "weight_scale_inv"),
                   "super_scales": ("super_scales", None), "code_scale": ("code_scale", None),
                   "code_zp": ("code_zp", None), "activation_scale": ("activation_scale", None)}
-_LINEAR_OPS = (T, QKV, GATE_UP)
+LINEAR_OPS = (T, QKV, GATE_UP)
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,12 @@ class Match:
         return self.rule.paddle.format(**dict(self.groups))
 
 
+def is_linear_weight(key: str) -> bool:
+    """Whether Paddle key ``key`` is the ``weight`` of a Linear (the tensors quantization replaces)."""
+    m = match_paddle(key) if key.endswith(".weight") else None
+    return m is not None and not m.variant and m.rule.op in LINEAR_OPS
+
+
 def _swap_suffix(key: str, suffix: str) -> str:
     return key.rsplit(".", 1)[0] + "." + suffix
 
@@ -148,7 +154,7 @@ def match_paddle(key: str, rules=TEXT_RULES) -> Match | None:
     for variant, (p_suffix, _h) in QUANT_VARIANTS.items():
         if suffix == p_suffix:
             m = _match_one(base + ".weight", rules, hf=False)
-            if m is not None and m.rule.op in _LINEAR_OPS:
+            if m is not None and m.rule.op in LINEAR_OPS:
                 return Match(m.rule, m.groups, 0, variant)
     return None
 
@@ -158,7 +164,7 @@ def match_hf(key: str, rules=TEXT_RULES) -> Match | None:
     if found is not None or not key.endswith(".weight_scale_inv"):
         return found
     m = _match_one(_swap_suffix(key, "weight"), rules, hf=True)
-    return Match(m.rule, m.groups, m.slot, "s") if m is not None and m.rule.op in _LINEAR_OPS else None
+    return Match(m.rule, m.groups, m.slot, "s") if m is not None and m.rule.op in LINEAR_OPS else None
 
 
 # ---------------------------------------------------------------------------- ops

@@ -70,7 +70,7 @@ def _match_groups(ckpt: Checkpoint, problems: list[ErnieError]) -> list[tuple[la
                                        "text-model key", ckpt.specs[key].file))
             continue
         if ckpt.format == HF and not m.variant and ckpt.dtype_code(key).startswith("F8") \
-                and m.rule.op in layout._LINEAR_OPS:
+                and m.rule.op in layout.LINEAR_OPS:
             m = layout.Match(m.rule, m.groups, m.slot, "q")  # HF FP8 keeps the name ``weight``
         ident = (m.rule, m.groups, m.variant)
         if ident not in found:

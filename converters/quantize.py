@@ -7,7 +7,6 @@ stay high precision. ``config.json`` gets the matching Paddle ``quantization_con
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +45,7 @@ def quantize(src, dst, method: str, overwrite: bool = False, max_shard_size="5GB
         with progress_bar(ckpt.total_bytes, f"quantize {method}", quiet) as bar:
             for group in groups:
                 for spec, arr in zip(group.outputs, group.compute(ckpt)):
-                    m = layout.match_paddle(spec.name)
-                    if spec.name.endswith(".weight") and m.rule.op in layout._LINEAR_OPS \
-                            and qc.method_for(spec.name):
+                    if layout.is_linear_weight(spec.name) and qc.method_for(spec.name):
                         base = spec.name[: -len("weight")]
                         parts = quantize_weight(qc.method_for(spec.name), np.asarray(arr, np.float32),
                                                 name=base[:-1])
@@ -60,7 +57,7 @@ def quantize(src, dst, method: str, overwrite: bool = False, max_shard_size="5GB
                         counts["kept"] += 1
                     bar.update(arr.nbytes)
         out.close()
-        cfg = ckpt.config.replace(quantization_config=dataclasses.replace(qc).to_dict(ckpt.config.num_hidden_layers))
+        cfg = ckpt.config.replace(quantization_config=qc.to_dict(ckpt.config.num_hidden_layers))
         cfg.write(tmp, PADDLE)
         copy_side_files(src, tmp)
     return counts

@@ -96,9 +96,7 @@ def prepare(model: nn.Layer, ckpt, qc: QuantConfig, online_: bool) -> dict[str, 
     stubs: dict[str, _Pending] = {}
     if online_:
         for key, _ in list(model.named_parameters()):
-            m = layout.match_paddle(key)
-            if (key.endswith(".weight") and m is not None and m.rule.op in layout._LINEAR_OPS
-                    and isinstance(_owner(model, key)[2], Linear) and qc.method_for(key)):
+            if (layout.is_linear_weight(key) and isinstance(_owner(model, key)[2], Linear) and qc.method_for(key)):
                 prefix = key[: -len(".weight")]
                 stubs[prefix] = _install(model, prefix, qc.method_for(key), True, source)
         return stubs
