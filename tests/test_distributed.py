@@ -97,11 +97,16 @@ def test_expert_partition_and_names():
     assert TPPlan(4, 0, "tp").param_name(key, cfg) == key and not plans[0].sliced(key)
 
 
-def test_diagnose_names_the_rank(tmp_path):
+def _status_writer(folder):
     def status(rank, state, code=None, reason=""):
-        (tmp_path / f"rank{rank}.json").write_text(json.dumps(
+        (folder / f"rank{rank}.json").write_text(json.dumps(
             {"rank": rank, "pid": 1, "state": state, "code": code, "reason": reason}))
 
+    return status
+
+
+def test_diagnose_names_the_rank(tmp_path):
+    status = _status_writer(tmp_path)
     status(0, "exited", 3, "rank 0: all_reduce failed")
     status(1, "running")
     code, msg = launcher.diagnose(tmp_path, 1)
@@ -113,6 +118,18 @@ def test_diagnose_names_the_rank(tmp_path):
     status(1, "exited", 0)
     code, msg = launcher.diagnose(tmp_path, 1)
     assert code == 1 and "broadcast did not complete" in msg
+
+
+def test_diagnose_stopped_job(tmp_path):
+    """Stopped by a signal (the launcher exits non-zero): 0 when every rank ended cleanly, as a server shut
+    down by SIGTERM does, else 130 (aborted)."""
+    status = _status_writer(tmp_path)
+    status(0, "exited", 0)
+    status(1, "exited", 0)
+    assert launcher.diagnose(tmp_path, 15, stopped=True) == (0, "")
+    assert launcher.diagnose(tmp_path, 15)[0] == 1  # not asked for: the launcher's failure counts
+    status(1, "running")
+    assert launcher.diagnose(tmp_path, 15, stopped=True) == (launcher.ABORTED, "aborted")
 
 
 def test_cli_generate_tp2_matches_single(models):

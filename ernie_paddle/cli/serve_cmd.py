@@ -2,6 +2,8 @@
 
 import click
 
+from ._tp import run_distributed, tp_options
+
 COMMANDS = []
 
 
@@ -34,12 +36,14 @@ COMMANDS = []
                    "data: URLs are accepted).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@tp_options
 def serve(model, host, port, api_keys_file, admin_keys_file, data_dir, model_name, max_batch, max_tokens_limit,
-          device, threads, log_level, engine, speculative, num_draft, image_dir):
+          device, threads, log_level, engine, speculative, num_draft, image_dir, tp, moe_parallel, nnodes, master):
     """Serve MODEL at /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics.
 
     An ERNIE 4.5 VL model takes image_url content parts (data: URLs, or local files under --image-dir;
     never fetched from the network) and serves requests one at a time (no continuous batching).
+    With --tp N, rank 0 serves HTTP and the other ranks run each batched step with it.
     """
     from pathlib import Path
 
@@ -50,10 +54,18 @@ def serve(model, host, port, api_keys_file, admin_keys_file, data_dir, model_nam
         raise ErnieError("model folder does not exist", model)
     if speculative and engine == "predictor":
         raise ErnieError("--speculative runs on the dygraph engine, not the predictor")
+    if speculative and tp > 1:
+        raise click.UsageError("--speculative serves one sequence at a time on one process; it does not "
+                               "combine with --tp")
     settings = Settings(model_path=model, model_name=model_name, max_tokens_limit=max_tokens_limit,
                         max_batch=max_batch, data_dir=data_dir, api_keys_file=api_keys_file,
                         admin_keys_file=admin_keys_file, device=device, num_threads=threads,
                         engine=engine, speculative=speculative, num_draft=num_draft, image_dir=image_dir)
+    if run_distributed(tp, nnodes, master, engine):
+        from ..server.tp import serve_tp
+
+        serve_tp(settings, moe_parallel, host=host, port=port, log_level=log_level)
+        return
     run_server(settings, host=host, port=port, log_level=log_level)
 
 

@@ -4,6 +4,8 @@ One process per rank, started by ``python -m paddle.distributed.launch`` (gloo o
 CLI's ``--tp N`` starts that job itself (``launcher``). Each rank builds the single-process layers with
 its own shapes (``model``), loads only its slice (``loading``), and runs the unchanged generation loop:
 every rank computes identical logits, so every rank picks the same tokens and the ranks stay in step.
+A server is different: only rank 0 schedules and samples, and ``steps`` replays its batched steps on the
+other ranks (``serve --tp``).
 
 The embedding and LM head are replicated rather than vocab-parallel: the released pre-sharded checkpoints
 (and ``ernie-paddle convert --tp``) replicate them, a replicated head needs no gather of [B, V] logits per

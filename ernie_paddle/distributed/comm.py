@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import paddle
 
 from . import runinfo
@@ -60,6 +61,18 @@ class Comm:
         t = paddle.to_tensor([value], dtype="int64")
         self._run("broadcast", self._dist.broadcast, t, src)
         return int(t.numpy()[0])
+
+    def broadcast_ints(self, values=None, src: int = 0) -> np.ndarray:
+        """Rank ``src``'s 1-D int64 array (any length) on every rank; the other ranks pass nothing."""
+        if self.world == 1:
+            return np.asarray(values, dtype=np.int64)
+        n = self.broadcast_int(len(values) if self.rank == src else 0, src)
+        if self.rank == src:
+            t = paddle.to_tensor(np.asarray(values, dtype=np.int64))
+        else:
+            t = paddle.zeros([n], dtype="int64")
+        self._run("broadcast", self._dist.broadcast, t, src)
+        return t.numpy()
 
     def barrier(self) -> None:
         if self.world > 1:

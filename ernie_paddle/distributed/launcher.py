@@ -4,6 +4,8 @@
 (with ``--nnodes``/``--master`` for several hosts), shows rank 0's stdout and stderr as they come, and
 returns an exit status: 0; 2 when the ranks refused the input (the message was already shown); 1 with a
 message naming the rank when a rank died or failed. Logs of every rank stay in the run folder on failure.
+SIGTERM and SIGINT are passed on: a job they stop ends with 0 when every rank exits 0 (a server that shut
+down), else with 130 ("aborted", as a single process ends on Ctrl-C).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from . import runinfo
 from .runinfo import PEER_LOST_EXIT
 
 WORKER = Path(__file__).with_name("worker.py")
+ABORTED = 130  # exit status of a job stopped by a signal before its ranks ended cleanly
 _FAILED = re.compile(r"Container rank (\d+) status failed .*? code (-?\d+)")
 
 
@@ -61,26 +64,32 @@ def relaunch(argv: list[str], nproc: int, nnodes: int = 1, master: str | None = 
     env = {**os.environ, runinfo.RUN_DIR_ENV: str(run)}
     cmd = launch_command(argv, nproc, run / "logs", nnodes, master)
     tails = [_Tail(run / "stdout", sys.stdout.buffer), _Tail(run / "stderr", sys.stderr.buffer)]
+    stopped = False
+
+    def stop(signum, _frame=None):
+        nonlocal stopped
+        stopped = True
+        proc.send_signal(signum)  # the launcher stops its ranks
+
     with open(run / "launcher.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+        previous = signal.signal(signal.SIGTERM, stop)
         try:
             while proc.poll() is None:
-                for t in tails:
-                    t.pump()
-                time.sleep(0.05)
-        except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)  # the launcher stops its ranks
-            proc.wait()
-            raise
+                try:
+                    for t in tails:
+                        t.pump()
+                    time.sleep(0.05)
+                except KeyboardInterrupt:
+                    stop(signal.SIGINT)
         finally:
             signal.signal(signal.SIGTERM, previous)
     for t in tails:
         t.pump()
-    code, message = diagnose(run, proc.returncode)
+    code, message = diagnose(run, proc.returncode, stopped)
     if message:
         print(f"error: {message}", file=sys.stderr, flush=True)
-    if code in (0, 2):  # success, or a user error already explained: no logs worth keeping
+    if code in (0, 2, ABORTED):  # success, a user error already explained, or a stop asked for: no logs kept
         shutil.rmtree(run, ignore_errors=True)
     return code
 
@@ -92,15 +101,20 @@ def _signal_name(code: int) -> str:
         return f"exit code {code}"
 
 
-def diagnose(run: Path, launcher_rc: int) -> tuple[int, str]:
-    """(exit status, message) for a finished job from its rank status files and the launcher's log."""
+def diagnose(run: Path, launcher_rc: int, stopped: bool = False) -> tuple[int, str]:
+    """(exit status, message) for a finished job from its rank status files and the launcher's log.
+
+    ``stopped``: the job was stopped by a signal passed on to it (the launcher then exits non-zero).
+    """
     statuses = runinfo.read_statuses(run)
     log = (run / "launcher.log").read_text(errors="replace") if (run / "launcher.log").exists() else ""
     launcher_codes = {int(r): int(c) for r, c in _FAILED.findall(log)}
     exited = {r: s for r, s in statuses.items() if s["state"] == "exited"}
-    if launcher_rc == 0 and statuses and all(s["code"] == 0 for s in exited.values()) \
+    if (launcher_rc == 0 or stopped) and statuses and all(s["code"] == 0 for s in exited.values()) \
             and len(exited) == len(statuses):
         return 0, ""
+    if stopped:
+        return ABORTED, "aborted"
     logs = run / "logs"
     died = sorted(r for r, s in statuses.items() if s["state"] != "exited")
     if died:

@@ -12,9 +12,14 @@ from .routes_ops import router as ops_router
 from .state import ServerState, Settings
 
 
-def create_app(settings: Settings, runtime=None, tokenizer=None, background_load: bool = True) -> FastAPI:
-    """An app serving ``settings.model_path``; the model loads after startup (``/health`` says when)."""
-    state = ServerState(settings, runtime, tokenizer)
+def create_app(settings: Settings, runtime=None, tokenizer=None, background_load: bool = True,
+               step_engine=None) -> FastAPI:
+    """An app serving ``settings.model_path``; the model loads after startup (``/health`` says when).
+
+    ``runtime``, ``tokenizer`` and ``step_engine`` (what the batching scheduler drives) are made from the
+    settings when not given.
+    """
+    state = ServerState(settings, runtime, tokenizer, step_engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -41,9 +46,10 @@ def create_app(settings: Settings, runtime=None, tokenizer=None, background_load
     return app
 
 
-def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Serve until interrupted."""
+def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+               **app_args) -> None:
+    """Serve until interrupted; ``app_args`` go to ``create_app``."""
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
+    uvicorn.run(create_app(settings, **app_args), host=host, port=port, log_level=log_level,
                 timeout_graceful_shutdown=5)

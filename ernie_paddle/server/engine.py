@@ -47,7 +47,10 @@ class EagerEngine:
 
     def prefill(self, prompts: list[list[int]], reserve: int = 64):
         """New cache for ``prompts`` (left-padded together) and float32 next-token logits [B, V]."""
-        ids, mask = pad_batch(prompts, self.pad_id)
+        return self.prefill_padded(*pad_batch(prompts, self.pad_id), reserve)
+
+    def prefill_padded(self, ids: np.ndarray, mask: np.ndarray, reserve: int = 64):
+        """``prefill`` of prompts already left-padded: ids and mask int64 [B, T] (as ``pad_batch`` makes)."""
         cache = self.model.new_cache(ids.shape[1] + reserve)
         with paddle.no_grad():
             out = self.model(paddle.to_tensor(ids), cache, None if mask.all() else paddle.to_tensor(mask),

@@ -41,7 +41,12 @@ class Sequence:
 
 
 class Scheduler:
-    """Owns the model: ``submit`` sequences from any thread; events go back through each sink."""
+    """Owns the model: ``submit`` sequences from any thread; events go back through each sink.
+
+    ``engine``: prefill / decode / merge / select (see ``engine.EagerEngine``), and optionally ``activate()``
+    (run first in the worker thread), ``idle()`` (run between steps while nothing is running) and ``close()``
+    (run when the worker stops).
+    """
 
     def __init__(self, engine, max_batch: int = 32, on_step: Callable[[int, float], None] | None = None):
         self.engine = engine
@@ -66,7 +71,8 @@ class Scheduler:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():  # not yet started when the app stops during startup
+            self._thread.join(timeout=10)
 
     def submit(self, seq: Sequence) -> None:
         self._waiting.put(seq)
@@ -83,6 +89,8 @@ class Scheduler:
                 for seq in self._active:
                     seq.sink(("error", f"generation failed: {exc}"))
                 self._active, self._cache = [], None
+        if hasattr(self.engine, "close"):
+            self.engine.close()
 
     def _emit(self, seq: Sequence, choice: TokenChoice) -> bool:
         """Send a token; return True when the sequence is finished."""
@@ -122,6 +130,8 @@ class Scheduler:
             if not seq.cancelled:
                 new.append(seq)
         if not new:
+            if not self._active and hasattr(self.engine, "idle"):
+                self.engine.idle()
             return
         try:
             cache, logits = self.engine.prefill([s.prompt for s in new])

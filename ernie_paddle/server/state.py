@@ -42,8 +42,9 @@ class Settings:
 class ServerState:
     """Loads the model in a background thread; ``ready`` turns true once it can serve."""
 
-    def __init__(self, settings: Settings, runtime=None, tokenizer=None):
+    def __init__(self, settings: Settings, runtime=None, tokenizer=None, step_engine=None):
         self.settings = settings
+        self.step_engine = step_engine  # None: made from the runtime (see _make_scheduler)
         self.keys = KeyRing.from_files(settings.api_keys_file, settings.admin_keys_file)
         self.usage = UsageStore(settings.data_dir or default_data_dir())
         self.runtime, self.tokenizer, self.scheduler = runtime, tokenizer, None
@@ -84,8 +85,10 @@ class ServerState:
             from .engine import EagerEngine
             from .scheduler import Scheduler
 
-            make_engine = getattr(self.runtime, "make_engine", None)  # the predictor brings its own
-            engine = make_engine() if make_engine else EagerEngine(self.runtime)
+            engine = self.step_engine
+            if engine is None:
+                make_engine = getattr(self.runtime, "make_engine", None)  # the predictor brings its own
+                engine = make_engine() if make_engine else EagerEngine(self.runtime)
             return Scheduler(engine, s.max_batch, on_step=self._on_step)
         from .sequential import SequentialScheduler
 

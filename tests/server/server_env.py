@@ -22,8 +22,9 @@ def free_port() -> int:
 class ServerProcess:
     """Start/stop ``python -m ernie_paddle serve`` and wait until /health says ready."""
 
-    def __init__(self, model, data_dir, keys_file, admin_file, log_path, extra_args=()):
+    def __init__(self, model, data_dir, keys_file, admin_file, log_path, extra_args=(), env=None):
         self.model, self.data_dir, self.log_path, self.extra_args = model, data_dir, log_path, list(extra_args)
+        self.env = {**os.environ, **(env or {})}
         self.keys_file, self.admin_file = keys_file, admin_file
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -35,7 +36,7 @@ class ServerProcess:
                "--data-dir", str(self.data_dir), "--model-name", MODEL_NAME, "--max-tokens-limit", "2048",
                "--log-level", "warning", "--threads", "1", *self.extra_args]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -50,15 +51,20 @@ class ServerProcess:
         self.stop()
         raise RuntimeError("server did not become ready:\n" + self.log_path.read_text(errors="replace")[-3000:])
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def stop(self, timeout: float = 20) -> int | None:
+        """SIGTERM the server (SIGKILL after ``timeout`` s); its exit status (None when it was not running)."""
+        code = None
+        if self.proc:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            code = self.proc.returncode
         self.proc = None
+        return code
 
     def restart(self) -> None:
         self.stop()
