@@ -190,13 +190,19 @@ class _Router:
                              f"'{missing[0]}.{what}'", self.source)
 
 
-def load_quantized(ckpt, config, dtype: str, qc: QuantConfig, online_: bool, build_model, load_weights):
-    """An ErnieForCausalLM for ``ckpt`` with RuntimeQuantLinears where ``qc`` (and the tensors) say."""
+def load_quantized(ckpt, config, dtype: str, qc: QuantConfig, online_: bool, build_model, load_weights,
+                   tensors: Iterable[tuple[str, np.ndarray]] | None = None):
+    """An ErnieForCausalLM for ``ckpt`` with RuntimeQuantLinears where ``qc`` (and the tensors) say.
+
+    ``tensors``: the (parameter name, array) pairs to load (default: every tensor of ``ckpt``); the
+    tensor-parallel loader passes its rank's slices, which online quantization then quantizes.
+    """
     with paddle.LazyGuard():
         model = build_model(config, dtype)
     stubs = prepare(model, ckpt, qc, online_)
     router = _Router(model, stubs, qc, ckpt.folder)
-    tensors = layout.iter_paddle_tensors(ckpt, "float32" if dtype == "float32" else "keep")
+    if tensors is None:
+        tensors = layout.iter_paddle_tensors(ckpt, "float32" if dtype == "float32" else "keep")
     load_weights(model, router(tensors), ckpt.folder)
     router.finish()
     model.quantization = qc

@@ -73,6 +73,35 @@ def test_tp2_equals_single_process(models, tmp_path):
     assert int(moe["experts"]) == 4 and int(np.load(tmp_path / "moe_tp.rank0.npz")["experts"]) == 8
 
 
+def test_tp2_quantization_on_load(models, tmp_path):
+    """``load(..., quantization=)`` under tp 2: each rank quantizes its own slices (a row-parallel slice
+    gets scales of its own rows). The ranks agree bit for bit; the logits differ from the single-process
+    quantized model's by no more than quantization moves them from the float ones; wint8 continues
+    greedily the same; each rank holds part of the quantized bytes."""
+    from tp_job import state_bytes
+
+    from ernie_paddle.generation import pad_batch
+    from ernie_paddle.loading import load
+
+    cases = {"dense_wint8": (models["dense"], "tp", "wint8"), "moe_ep_wint8": (models["moe"], "ep", "wint8"),
+             "moe_fp8": (models["moe"], "tp", "fp8")}
+    r = _launch([JOB, tmp_path, *(f"{n}:{f}:{m}:{q}" for n, (f, m, q) in cases.items())], tmp_path / "logs")
+    assert r.returncode == 0, r.stdout[-3000:] + (tmp_path / "logs" / "workerlog.0").read_text()[-3000:]
+    ids, mask = pad_batch(PROMPTS)
+    real = mask.astype(bool)
+    for name, (folder, _, method) in cases.items():
+        ranks = [np.load(tmp_path / f"{name}.rank{r}.npz") for r in range(2)]
+        single = load(folder, engine="dygraph", quantization=method)
+        want = single.logits(ids, mask)
+        noise = np.abs(want - load(folder, engine="dygraph").logits(ids, mask))[real].max()
+        np.testing.assert_array_equal(ranks[0]["logits"], ranks[1]["logits"], err_msg=name)
+        assert np.abs(ranks[0]["logits"] - want)[real].max() <= 2 * noise, name
+        if method == "wint8":
+            want_gen = single.generate(PROMPTS, max_new_tokens=12, stop_token_ids=[])
+            np.testing.assert_array_equal(ranks[0]["gen"], want_gen, err_msg=name)
+        assert all(int(rank["nbytes"]) < state_bytes(single.model) for rank in ranks), name
+
+
 def test_slicing_on_load_equals_converter_split(models):
     """A rank's slice cut from the full checkpoint is exactly what ``convert --tp`` wrote for it."""
     full = open_checkpoint(models["root"] / "dense-pd")

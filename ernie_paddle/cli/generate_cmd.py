@@ -112,15 +112,15 @@ def generate(model, prompts, prompt_ids, prompts_file, max_new_tokens, min_new_t
             raise click.UsageError("--speculative runs on the dygraph engine, not --engine predictor")
         engine = "dygraph"
         options.update(speculative=speculative, num_draft=num_draft)
+    if quantization is not None:  # quantized linears run on the eager model
+        if engine == "predictor":
+            raise click.UsageError("--quantization runs on the dygraph engine, not --engine predictor")
+        engine = "dygraph"
     if run_distributed(tp, nnodes, master, engine):
         from ..distributed import load as load_tp
 
-        runtime = load_tp(model, moe=moe_parallel, dtype=dtype, device=device)
+        runtime = load_tp(model, moe=moe_parallel, dtype=dtype, device=device, quantization=quantization)
     else:
-        if quantization is not None:  # quantized linears run on the eager model
-            if engine == "predictor":
-                raise click.UsageError("--quantization runs on the dygraph engine, not --engine predictor")
-            engine = "dygraph"
         runtime = load(model, dtype=dtype, device=device, engine=engine,
                        **({"quantization": quantization} if quantization else {}))
     if stream:

@@ -33,6 +33,8 @@ from ..loading import (
     resolve_dtype,
     tune_cpu_math,
 )
+from ..quant_loading import load_quantized
+from ..quant_loading import resolve as resolve_quantization
 from .comm import Comm, get_comm, local_world_size
 from .model import MOE_MODES, TPErnieForCausalLM, TPPlan
 
@@ -119,11 +121,13 @@ class TPRuntime(ErnieRuntime):
 
 
 def load(path, moe: str = "tp", dtype: str | None = None, device: str | None = None,
-         num_threads: int | None = None, comm: Comm | None = None) -> TPRuntime:
+         num_threads: int | None = None, comm: Comm | None = None, quantization: str | None = None) -> TPRuntime:
     """This rank's part of the model in ``path`` inside a paddle.distributed job (one rank per process).
 
     ``moe``: "tp" cuts every expert along its width (the pre-sharded release layout), "ep" gives each rank
     whole experts. Call it on every rank; a single process (world size 1) works too and holds everything.
+    ``quantization``: "wint8", "wint4" or "fp8" quantizes each rank's slices as they load (a row-parallel
+    slice gets scales of its own rows, so results are close to, not equal to, the single-process ones).
     """
     if moe not in MOE_MODES:
         raise ErnieError(f"unknown MoE parallel mode {moe!r} ({' or '.join(MOE_MODES)})")
@@ -142,10 +146,23 @@ def load(path, moe: str = "tp", dtype: str | None = None, device: str | None = N
         raise ErnieError(f"this runtime runs ERNIE 4.5 text models; the config is a {config.family} model",
                          Path(path) / "config.json")
     tp_split.check_degree(config, plan.tp, Path(path) / "config.json")
-    with _default_dtype(dtype):
-        model = TPErnieForCausalLM(config, plan, comm)
-    model.eval()
-    load_weights(model, tensors(config, "float32" if dtype == "float32" else "keep"), ckpt.folder)
-    if device == "cpu":
-        model.prepare_head()
+    quant = resolve_quantization(config, quantization, ckpt.folder)
+    if quant is not None and quantization is None:
+        raise ErnieError("the tensor-parallel runtime does not load checkpoints stored quantized; give it the "
+                         "float checkpoint with --quantization wint8|wint4|fp8 instead", ckpt.folder)
+
+    def build(cfg: ErnieConfig, dt: str) -> TPErnieForCausalLM:
+        with _default_dtype(dt):
+            built = TPErnieForCausalLM(cfg, plan, comm)
+        built.eval()
+        return built
+
+    rank_tensors = tensors(config, "float32" if dtype == "float32" else "keep")
+    if quant is None:
+        model = build(config, dtype)
+        load_weights(model, rank_tensors, ckpt.folder)
+        if device == "cpu":
+            model.prepare_head()
+    else:
+        model = load_quantized(ckpt, config, dtype, quant, True, build, load_weights, rank_tensors)
     return TPRuntime(model, Path(path), device, dtype, read_generation_config(path))
