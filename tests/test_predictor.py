@@ -129,17 +129,37 @@ def _op_counts(program_json):
     return top, nested
 
 
-def test_moe_program_runs_experts_conditionally(exported, runtime):
-    """Each routed expert is a conditional block (run only when a token selected it): its matmuls are
-    nested, and the top level holds only the dense, attention, router and shared-expert matmuls."""
+def test_moe_program_runs_only_chosen_experts(exported, runtime, tmp_path, monkeypatch):
+    """Compiled CPU operators: each MoE layer's routed experts are one operator (it runs only the chosen
+    experts). Paddle's own operators: each routed expert is a conditional block (run only when a token
+    selected it), its matmuls nested; the top level holds only dense, attention, router and shared
+    matmuls. Both programs give the same logits."""
+    from ernie_paddle.predictor import cpu_ops
+
     config = runtime("moe-tied").config
-    top, nested = _op_counts(exported("moe-tied") / "step.json")
-    moe_layers = len(config.moe_layers)
+    moe_layers, dense_layers = len(config.moe_layers), config.num_hidden_layers - len(config.moe_layers)
+    native = exported("moe-tied")
+    assert json.loads((native / "manifest.json").read_text())["program"]["ops"] == "native"
+    top, nested = _op_counts(native / "step.json")
+    custom = {name.split(".")[-1]: n for name, n in top.items() if "ernie_" in name}  # "<dialect id>.ernie_..."
+    assert custom["ernie_moe_experts"] == moe_layers and not nested and "1.if" not in top
+    # per layer: qkv, o; dense MLP 2; shared expert 2; head 1 -- all streaming GEMV linears
+    assert custom["ernie_linear"] == 2 * config.num_hidden_layers + 2 * dense_layers + 2 * moe_layers + 1
+    monkeypatch.setenv("ERNIE_PADDLE_NATIVE_OPS", "0")
+    cpu_ops.reset()
+    try:
+        plain = export(runtime("moe-tied").folder, tmp_path / "plain", max_seq_len=64, max_batch=2)
+    finally:
+        monkeypatch.delenv("ERNIE_PADDLE_NATIVE_OPS")
+        cpu_ops.reset()
+    assert json.loads((plain / "manifest.json").read_text())["program"]["ops"] == "paddle"
+    top, nested = _op_counts(plain / "step.json")
     assert top["1.if"] == moe_layers * config.moe_num_experts
     assert nested["1.matmul"] == 2 * moe_layers * config.moe_num_experts
-    dense_layers = config.num_hidden_layers - moe_layers
     # per layer: qkv, rotary pairs, q.k, p.v, o; dense MLP 2; MoE router + shared expert 3; head 1
     assert top["1.matmul"] == 5 * config.num_hidden_layers + 2 * dense_layers + 3 * moe_layers + 1
+    ids = np.array([PROMPTS[0]])
+    np.testing.assert_allclose(load(plain).logits(ids), load(native).logits(ids), atol=1e-5)
 
 
 def test_moved_export_still_loads(exported, predictor, tmp_path):

@@ -38,6 +38,15 @@ def supports(config: ErnieConfig) -> str | None:
     return unsupported_reason(config)
 
 
+def native_ops(device: str, dtype: str):
+    """The compiled CPU operators for a float32 CPU export (None elsewhere, or when they cannot be built)."""
+    if device != "cpu" or dtype != "float32":
+        return None
+    from . import cpu_ops
+
+    return cpu_ops.get()
+
+
 def _copy_side_files(source: Path, dest: Path) -> list[str]:
     """Tokenizer, generation and other non-weight top-level files (config.json is rewritten)."""
     copied = []
@@ -84,7 +93,7 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{time.monotonic_ns()}"
     tmp.mkdir()
     try:
-        save_program(rt.model, str(tmp / "step"), rt.dtype)
+        ops = save_program(rt.model, str(tmp / "step"), rt.dtype, native_ops(rt.device, rt.dtype))
         config.write(tmp, "paddle")
         side = _copy_side_files(source, tmp)
         manifest = {
@@ -96,7 +105,7 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
                        "digest": digest},
             "dtype": rt.dtype, "device": "gpu" if rt.device.startswith("gpu") else "cpu",
             "max_seq_len": max_seq_len, "max_batch": int(max_batch),
-            "program": {"file": mf.PROGRAM, "params": mf.PARAMS, "version": PROGRAM_VERSION,
+            "program": {"file": mf.PROGRAM, "params": mf.PARAMS, "version": PROGRAM_VERSION, "ops": ops,
                         **_program_io(config, rt.dtype),
                         "kv_layout": "[layers, 2 (k, v), batch, kv_heads, capacity, head_dim]"},
             "model": {"family": config.family, "layers": config.num_hidden_layers, "hidden": config.hidden_size,
@@ -121,9 +130,10 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
     return out
 
 
-def cache_folder(digest: str, dtype: str) -> Path:
+def cache_folder(digest: str, dtype: str, device: str = "cpu") -> Path:
     """Where the export cache keeps the export of a checkpoint with ``digest``."""
-    return mf.home() / "exports" / f"{digest[:24]}-{dtype}-v{PROGRAM_VERSION}-paddle{paddle.__version__}"
+    ops = "native" if native_ops(device, dtype) is not None else "paddle"
+    return mf.home() / "exports" / f"{digest[:24]}-{dtype}-{ops}-v{PROGRAM_VERSION}-paddle{paddle.__version__}"
 
 
 def export_cached(source, dtype: str = "float32", device: str | None = "cpu") -> Path:
@@ -131,7 +141,7 @@ def export_cached(source, dtype: str = "float32", device: str | None = "cpu") ->
     checkpoint than its name says is an error, never reused."""
     source = Path(source)
     digest = mf.checkpoint_digest(source)
-    folder = cache_folder(digest, dtype)
+    folder = cache_folder(digest, dtype, "gpu" if str(device).startswith("gpu") else "cpu")
     if not mf.is_export_folder(folder):
         export(source, folder, max_batch=1024, dtype=dtype, device=device, digest=digest)
     recorded = mf.read_manifest(folder).get("source", {}).get("digest")

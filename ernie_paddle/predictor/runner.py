@@ -50,6 +50,18 @@ def _quiet_stdout():
         os.close(devnull)
 
 
+def _load_native_ops(folder: Path, device: str) -> None:
+    """Register the compiled CPU operators that a "native" program calls (before the predictor exists)."""
+    from . import cpu_ops
+
+    if not device.startswith("cpu"):
+        raise ErnieError("this export was made for CPU (compiled CPU operators); export again on the GPU host",
+                         folder)
+    if cpu_ops.get() is None:
+        raise ErnieError("this export calls ernie-paddle's compiled CPU operators, which cannot be built here "
+                         f"({cpu_ops.build_error()}); export again with ERNIE_PADDLE_NATIVE_OPS=0", folder)
+
+
 class Predictor:
     """One ``paddle.inference`` predictor over ``step.json``/``step.pdiparams`` of a verified export."""
 
@@ -65,6 +77,9 @@ class Predictor:
         if self.device == "cpu" and self.dtype != "float32":
             raise ErnieError(f"this export computes in {self.dtype}, which Paddle cannot run on CPU; export "
                              "again with --dtype float32 for CPU", self.folder)
+        self.ops = self.manifest["program"].get("ops", "paddle")
+        if self.ops == "native":
+            _load_native_ops(self.folder, self.device)
         cfg = pdi.Config(str(self.folder / mf.PROGRAM), str(self.folder / mf.PARAMS))
         if self.device.startswith("gpu"):
             cfg.enable_use_gpu(256, int(self.device.partition(":")[2] or 0))

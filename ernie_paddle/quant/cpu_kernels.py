@@ -1,39 +1,20 @@
 """Optional compiled CPU kernels for ``RuntimeQuantLinear`` (``cpu_kernels.cc``, a Paddle custom operator).
 
-Built on first use with ``paddle.utils.cpp_extension`` (g++, ~15 s once) into
-``$ERNIE_PADDLE_CACHE`` or ``~/.cache/ernie_paddle/kernels/<hash>``, keyed by the source, the Paddle version
-and the CPU flags (the code is compiled for the host CPU). ``get()`` returns None, and the runtime uses Paddle
-ops instead, when ``ERNIE_PADDLE_QUANT_KERNELS=0``, on a non-Linux/x86 host, or when the build fails (the
-reason is kept in ``build_error()``).
+Built on first use by ``ernie_paddle.native_build`` (g++, ~15 s once, cached per source and CPU). ``get()``
+returns None, and the runtime uses Paddle ops instead, when ``ERNIE_PADDLE_QUANT_KERNELS=0``, on a
+non-Linux/x86 host, or when the build fails (the reason is kept in ``build_error()``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import logging
 import os
-import platform
 from pathlib import Path
 
-_SOURCE = Path(__file__).with_name("cpu_kernels.cc")
-_NAME = "ernie_quant_kernels"
-_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-wrapv"]  # Paddle adds -fwrapv, which blocks vectorization
+from ..native_build import NativeModule
+
+_MODULE = NativeModule(Path(__file__).with_name("cpu_kernels.cc"), "ernie_quant_kernels", "ERNIE_PADDLE_QUANT_KERNELS")
 _CODES = {"wint8": 0, "wint4": 1, "fp8": 2}
-_STATE: dict = {"tried": False, "kernels": None, "error": None}
-
-
-def _cache_dir() -> Path:
-    import paddle
-
-    flags = ""
-    with contextlib.suppress(OSError):
-        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
-    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_CFLAGS).encode() + paddle.__version__.encode()
-                         + flags.encode()).hexdigest()[:16]
-    root = Path(os.environ.get("ERNIE_PADDLE_CACHE") or Path.home() / ".cache" / "ernie_paddle")
-    return root / "kernels" / key
+_KERNELS: dict = {}
 
 
 class Kernels:
@@ -66,57 +47,20 @@ def threads() -> int:
     return int(os.environ.get("ERNIE_PADDLE_QUANT_THREADS", "1"))
 
 
-@contextlib.contextmanager
-def _quiet():
-    """Silence the build's setuptools/compiler chatter (printed and logged at INFO)."""
-    sink = io.StringIO()
-    logging.disable(logging.INFO)
-    try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            yield
-    finally:
-        logging.disable(logging.NOTSET)
-
-
-def _build():
-    import fcntl
-
-    from paddle.utils.cpp_extension import load
-
-    folder = _cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as lock, _quiet():  # parallel processes (tests, bench children) build once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        built = folder / _NAME
-        if (built / f"{_NAME}.so").is_file():  # skip setuptools' up-to-date check (~1 s per process)
-            with contextlib.suppress(Exception):
-                from paddle.utils.cpp_extension.extension_utils import _import_module_from_library
-
-                return _import_module_from_library(_NAME, str(built))
-        return load(name=_NAME, sources=[str(_SOURCE)], build_directory=str(folder),
-                    extra_cxx_cflags=_CFLAGS, extra_ldflags=["-fopenmp"], verbose=False)
-
-
 def get() -> Kernels | None:
     """The compiled kernels, or None (see the module docstring)."""
-    if not _STATE["tried"]:
-        _STATE["tried"] = True
-        if os.environ.get("ERNIE_PADDLE_QUANT_KERNELS", "1") == "0":
-            _STATE["error"] = "disabled by ERNIE_PADDLE_QUANT_KERNELS=0"
-        elif platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-            _STATE["error"] = f"no kernels for {platform.system()}/{platform.machine()}"
-        else:
-            try:
-                _STATE["kernels"] = Kernels(_build())
-            except Exception as e:  # a missing compiler or headers: fall back to Paddle ops
-                _STATE["error"] = f"{type(e).__name__}: {e}"
-    return _STATE["kernels"]
+    module = _MODULE.get()
+    if module is None:
+        return None
+    if _KERNELS.get("module") is not module:
+        _KERNELS.update(module=module, kernels=Kernels(module))
+    return _KERNELS["kernels"]
 
 
 def build_error() -> str | None:
-    return _STATE["error"]
+    return _MODULE.error
 
 
 def reset() -> None:
     """Forget the cached decision (tests switch ``ERNIE_PADDLE_QUANT_KERNELS``)."""
-    _STATE.update(tried=False, kernels=None, error=None)
+    _MODULE.reset()

@@ -1,0 +1,67 @@
+"""The compiled CPU operators of the predictor program (``cpu_ops.cc``) against numpy references."""
+
+import numpy as np
+import paddle
+import pytest
+
+from ernie_paddle.predictor import cpu_ops
+
+
+@pytest.fixture(scope="module")
+def ops():
+    module = cpu_ops.get()
+    if module is None:  # the predictor then exports Paddle's own operators (tests/test_predictor.py)
+        pytest.skip(f"no compiled operators on this host: {cpu_ops.build_error()}")
+    return module
+
+
+def _t(a):
+    return paddle.to_tensor(np.ascontiguousarray(a))
+
+
+@pytest.mark.parametrize("shape,n", [((1, 1024), 6144), ((1, 37), 13), ((2, 100), 67), ((3, 64), 96),
+                                     ((8, 72), 260), ((9, 64), 96), ((2, 5, 48), 30), ((1, 1, 3072), 1024)])
+def test_linear_matches_numpy(ops, shape, n):
+    """GEMV (up to 8 rows; odd K, N and row counts hit every tail) and the MKL path (more rows), any
+    leading shape."""
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(shape).astype(np.float32)
+    wt = rng.standard_normal((n, shape[-1])).astype(np.float32)
+    y = ops.ernie_linear(_t(x), _t(wt)).numpy()
+    assert y.shape == shape[:-1] + (n,)
+    np.testing.assert_allclose(y, x @ wt.T, rtol=1e-5, atol=2e-5 * np.sqrt(shape[-1]))
+
+
+def test_rms_norm_matches_numpy(ops):
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((2, 3, 200)).astype(np.float32), rng.random(200).astype(np.float32)
+    ref = w * (x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6))
+    np.testing.assert_allclose(ops.ernie_rms_norm(_t(x), _t(w), 1e-6).numpy(), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 40])
+def test_moe_experts_match_numpy(ops, tokens):
+    """Weighted SwiGLU experts of each token's chosen ids; 40 tokens over 4 experts puts more than 8 rows
+    on an expert (the MKL path); experts nobody chose are skipped."""
+    rng = np.random.default_rng(tokens)
+    h, inter, experts, k = 48, 24, 6, 2
+    x = rng.standard_normal((tokens, h)).astype(np.float32)
+    ids = np.stack([rng.choice(4, k, replace=False) for _ in range(tokens)]).astype(np.int64)
+    weights = rng.random((tokens, k)).astype(np.float32)
+    up_gate = (0.2 * rng.standard_normal((experts, 2 * inter, h))).astype(np.float32)
+    down = (0.2 * rng.standard_normal((experts, h, inter))).astype(np.float32)
+    ref = np.zeros((tokens, h), np.float32)
+    for t in range(tokens):
+        for j in range(k):
+            e = ids[t, j]
+            gate, up = np.split(up_gate[e] @ x[t], 2)
+            ref[t] += weights[t, j] * (down[e] @ (gate / (1 + np.exp(-gate)) * up))
+    out = ops.ernie_moe_experts(_t(x), _t(ids), _t(weights), _t(up_gate), _t(down)).numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_moe_experts_reject_bad_ids(ops):
+    x, w = paddle.zeros([1, 8]), paddle.ones([1, 1])
+    with pytest.raises(Exception, match="expert id out of range"):
+        ops.ernie_moe_experts(x, paddle.to_tensor([[5]], dtype="int64"), w, paddle.zeros([2, 4, 8]),
+                              paddle.zeros([2, 8, 2]))
