@@ -8,7 +8,8 @@ are replicated. KV heads are divided while ``tp <= kv_heads``, then replicated (
 CPU: Paddle CPU has no bf16 kernels, so unquantized tensors are resident in float32 whatever the
 checkpoint dtype; quantized storage stays compact and each layer is dequantized to float32 when used.
 A tied head also gets a transposed float32 copy on CPU (``ErnieForCausalLM.prepare_head``), except in
-quantized models, which keep memory low instead.
+quantized models, which keep memory low instead (eager engine; the predictor's CPU export has no copy, so
+the figure is an upper bound for it).
 GPU: unquantized tensors stay in the checkpoint dtype (bf16); routers and correction bias are fp32.
 """
 

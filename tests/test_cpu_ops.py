@@ -65,3 +65,28 @@ def test_moe_experts_reject_bad_ids(ops):
     with pytest.raises(Exception, match="expert id out of range"):
         ops.ernie_moe_experts(x, paddle.to_tensor([[5]], dtype="int64"), w, paddle.zeros([2, 4, 8]),
                               paddle.zeros([2, 8, 2]))
+
+
+@pytest.mark.parametrize("start,tokens", [(0, 5), (6, 1), (4, 3)])
+def test_attention_matches_numpy(ops, start, tokens):
+    """Grouped-query attention over the first start + T cached columns of one layer, with a left-padded row
+    (key mask) and the causal limit; columns past start + T are ignored."""
+    rng = np.random.default_rng(start + tokens)
+    b, nh, nkv, hd, cap, layers, layer = 2, 4, 2, 16, 12, 2, 1
+    s = start + tokens
+    q = rng.standard_normal((b, tokens, nh, hd)).astype(np.float32)
+    kv = rng.standard_normal((layers, 2, b, nkv, cap, hd)).astype(np.float32)
+    key_mask = np.ones((b, s), np.int64)
+    key_mask[1, :2] = 0  # row 1 is left-padded by two tokens
+    ref = np.zeros((b, tokens, nh, hd), np.float32)
+    for bi in range(b):
+        for h in range(nh):
+            keys, vals = kv[layer, 0, bi, h // (nh // nkv), :s], kv[layer, 1, bi, h // (nh // nkv), :s]
+            for t in range(tokens):
+                visible = (np.arange(s) <= start + t) & (key_mask[bi] > 0)
+                # a pad query that sees nothing averages all columns, as the traced program's finite NEG_INF
+                scores = np.where(visible, keys @ q[bi, t, h] / np.sqrt(hd), np.finfo(np.float32).min)
+                p = np.exp(scores - scores.max())
+                ref[bi, t, h] = (p / p.sum()) @ vals
+    out = ops.ernie_attention(_t(q), _t(kv), _t(key_mask), paddle.to_tensor([start], dtype="int64"), layer)
+    np.testing.assert_allclose(out.numpy(), ref.reshape(b, tokens, nh * hd), rtol=1e-5, atol=1e-5)

@@ -233,7 +233,7 @@ def test_engine_choice_and_limits(model_pair, exported, runtime):
         resolve_engine(hf, "tensorrt")
     config = runtime("dense-tied").config
     assert supports(config) is None
-    assert "quantized" in supports(config.replace(quantization_config={"quant_type": "wint8"}))
+    assert supports(config.replace(quantization_config={"quant_type": "wint8"})) is None  # exported dequantized
     pred = load(exported("dense-tied"))  # max_seq_len 256, max_batch 4
     with pytest.raises(ErnieError, match="--max-batch 4"):
         pred.generate([[1, 2]] * 5, max_new_tokens=2)
@@ -279,3 +279,23 @@ def test_cli_export_then_generate(model_pair, runtime, tmp_path):
     assert r.stdout.strip() == ",".join(map(str, expected.tolist()))
     r = run_cli("export", hf, out)
     assert r.returncode == 2 and "not empty" in r.stderr
+
+
+@pytest.mark.parametrize("method", ["wint8", "fp8"])
+def test_quantized_checkpoint_exports_dequantized(model_pair, tmp_path, method):
+    """A quantized checkpoint exports its dequantized weights: predictor logits equal the quantized
+    dygraph model's (<= 1e-5) at prefill and decode; ``auto`` keeps quantized checkpoints on dygraph."""
+    from converters.quantize import quantize
+
+    _, pd = model_pair("moe-tied")
+    quantized = tmp_path / method
+    quantize(pd, quantized, method, quiet=True)
+    assert resolve_engine(quantized, "auto") == "dygraph"
+    folder = export(quantized, tmp_path / "export", max_seq_len=64, max_batch=2)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["weights"] == {"quantization": method, "dequantized_at_export": True}
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    pred, eager = load(folder), load(quantized, engine="dygraph")
+    ids = np.array([PROMPTS[0]])
+    assert np.abs(pred.logits(ids) - eager.logits(ids)).max() <= 1e-5
+    _compare_streams(pred, eager, ids, None, steps=6)

@@ -16,16 +16,19 @@ COMMANDS = []
               help="Most sequences run together.")
 @click.option("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default).")
 @click.option("--device", default="cpu", show_default=True, help="Device the export is meant for (cpu, gpu).")
+@click.option("--quantization", type=click.Choice(["wint8", "wint4", "fp8"]), default=None,
+              help="Quantize on load, then export the dequantized weights (float32; a quantized checkpoint is "
+                   "always exported that way): the logits of the quantized model on the predictor.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the export succeeded).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def export(model, out, max_seq_len, max_batch, dtype, device, overwrite, quiet):
+def export(model, out, max_seq_len, max_batch, dtype, device, quantization, overwrite, quiet):
     """Export checkpoint MODEL (Paddle or HF folder) to OUT: the prefill/decode step program, its parameters,
     the normalized config, tokenizer and generation files, and a manifest with digests."""
     from ..predictor import export as run
 
     start = time.perf_counter()
     folder = run(model, out, max_seq_len=max_seq_len, max_batch=max_batch, dtype=dtype, device=device,
-                 overwrite=overwrite)
+                 overwrite=overwrite, quantization=quantization)
     if not quiet:
         size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
         click.echo(f"exported {model} -> {folder} ({size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)")

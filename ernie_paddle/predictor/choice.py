@@ -18,8 +18,6 @@ def unsupported_reason(config) -> str | None:
     """None when the predictor can run ``config``, else the reason it cannot."""
     if config.family not in ("dense", "moe"):
         return f"the predictor runs ERNIE 4.5 text models, not {config.family} models"
-    if config.quantization_config:
-        return "quantized checkpoints are not exported yet; use --engine dygraph"
     return None
 
 
@@ -27,7 +25,8 @@ def resolve_engine(path, engine: str | None) -> str:
     """"predictor" or "dygraph" for ``path`` and the requested ``engine``.
 
     None: ``$ERNIE_PADDLE_ENGINE``, else the predictor for an export folder and dygraph for a checkpoint.
-    "auto": the predictor wherever it supports the model (the CLI default), else dygraph.
+    "auto": the predictor wherever it supports the model (the CLI default), else dygraph; a quantized
+    checkpoint stays on dygraph, which keeps its compact weights (an export holds them dequantized).
     """
     engine = (engine or os.environ.get("ERNIE_PADDLE_ENGINE") or "").strip().lower() or None
     if engine is not None and engine not in ENGINES:
@@ -41,5 +40,7 @@ def resolve_engine(path, engine: str | None) -> str:
     if engine == "auto":
         from ..config import ErnieConfig
 
-        return "predictor" if unsupported_reason(ErnieConfig.from_file(path)) is None else "dygraph"
+        config = ErnieConfig.from_file(path)
+        quantized = bool(config.quantization_config)
+        return "predictor" if unsupported_reason(config) is None and not quantized else "dygraph"
     return engine or "dygraph"

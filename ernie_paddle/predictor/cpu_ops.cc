@@ -14,6 +14,10 @@
 //     the layer's keys/values, query head h reading kv head h / (nh / nkv); a key is visible when it is a
 //     real token (key_mask) at or before the query's column (causal). One operator for the dozen reshapes,
 //     slices, matmuls and softmax of the traced attention.
+// ernie_rope_split(qkv [B, T, (nh + 2 nkv) hd], cos2 [B, T, 1, hd], sin2 [B, T, 1, hd]; nh, nkv) ->
+//     q [B, T, nh, hd], k [B, nkv, T, hd], v [B, nkv, T, hd]: the fused projection cut into heads, rotary
+//     embedding on q and k (x * cos + rotate_pairs(x) * sin, pairs (2i, 2i + 1)), k and v in the KV
+//     buffer's head-major order.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -265,6 +269,54 @@ std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& q, const padd
   return {out};
 }
 
+std::vector<paddle::Tensor> RopeSplitForward(const paddle::Tensor& qkv, const paddle::Tensor& cos2,
+                                             const paddle::Tensor& sin2, int nh, int nkv) {
+  PD_CHECK(qkv.dtype() == paddle::DataType::FLOAT32, "ernie_rope_split: float32 only");
+  const int64_t b = qkv.shape()[0], t = qkv.shape()[1], hd = cos2.shape().back();
+  PD_CHECK(qkv.shape()[2] == (nh + 2 * nkv) * hd && cos2.numel() == b * t * hd && sin2.numel() == b * t * hd,
+           "ernie_rope_split: shapes");
+  auto src = qkv.is_contiguous() ? qkv : qkv.contiguous();
+  auto q = paddle::empty({b, t, nh, hd}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto k = paddle::empty({b, nkv, t, hd}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto v = paddle::empty({b, nkv, t, hd}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* xp = src.data<float>();
+  const float* cp = cos2.data<float>();
+  const float* sp = sin2.data<float>();
+  const int64_t heads = nh + 2 * nkv;
+  for (int64_t bi = 0; bi < b; ++bi)
+    for (int64_t ti = 0; ti < t; ++ti) {
+      const float* row = xp + (bi * t + ti) * heads * hd;
+      const float* c = cp + (bi * t + ti) * hd;
+      const float* sn = sp + (bi * t + ti) * hd;
+      for (int64_t h = 0; h < heads; ++h) {
+        const float* x = row + h * hd;
+        float* dst = h < nh ? q.data<float>() + ((bi * t + ti) * nh + h) * hd
+                   : h < nh + nkv ? k.data<float>() + ((bi * nkv + h - nh) * t + ti) * hd
+                                  : v.data<float>() + ((bi * nkv + h - nh - nkv) * t + ti) * hd;
+        if (h >= nh + nkv) {
+          std::memcpy(dst, x, hd * sizeof(float));
+          continue;
+        }
+        for (int64_t j = 0; j < hd; j += 2) {
+          dst[j] = x[j] * c[j] + (-x[j + 1]) * sn[j];
+          dst[j + 1] = x[j + 1] * c[j + 1] + x[j] * sn[j + 1];
+        }
+      }
+    }
+  return {q, k, v};
+}
+
+std::vector<std::vector<int64_t>> RopeSplitShape(const std::vector<int64_t>& qkv, const std::vector<int64_t>& cos2,
+                                                 const std::vector<int64_t>&, int nh, int nkv) {
+  const int64_t hd = cos2.back();
+  return {{qkv[0], qkv[1], nh, hd}, {qkv[0], nkv, qkv[1], hd}, {qkv[0], nkv, qkv[1], hd}};
+}
+
+std::vector<paddle::DataType> Float32Rope(const paddle::DataType&, const paddle::DataType&,
+                                          const paddle::DataType&) {
+  return {paddle::DataType::FLOAT32, paddle::DataType::FLOAT32, paddle::DataType::FLOAT32};
+}
+
 std::vector<std::vector<int64_t>> AttentionShape(const std::vector<int64_t>& q, const std::vector<int64_t>&,
                                                  const std::vector<int64_t>&, const std::vector<int64_t>&) {
   return {{q[0], q[1], q[2] * q[3]}};
@@ -327,3 +379,11 @@ PD_BUILD_OP(ernie_attention)
     .SetKernelFn(PD_KERNEL(AttentionForward))
     .SetInferShapeFn(PD_INFER_SHAPE(AttentionShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(Float32Attention));
+
+PD_BUILD_OP(ernie_rope_split)
+    .Inputs({"QKV", "Cos2", "Sin2"})
+    .Outputs({"Q", "K", "V"})
+    .Attrs({"nh: int", "nkv: int"})
+    .SetKernelFn(PD_KERNEL(RopeSplitForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(RopeSplitShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(Float32Rope));

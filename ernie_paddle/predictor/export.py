@@ -4,12 +4,15 @@ Folder layout::
 
     manifest.json        versions, program inputs/outputs, dtype, limits, source digest, sha256 of every file
     step.json            the PIR program: one step (prefill or decode) writing the KV buffer in place
-    step.pdiparams       its parameters (float32 on CPU; a tied head also keeps its [H, V] copy)
+    step.pdiparams       its parameters (float32 on CPU, linear weights transposed for the compiled operators)
     config.json          the normalized config (Paddle dialect) the program was built from
     generation_config.json, tokenizer files ...   copied from the checkpoint
 
-Quantized checkpoints are not exported yet (``supports`` says why); the export is written into a
-temporary sibling folder and renamed into place only when complete.
+Quantized checkpoints (and ``quantization=``) are dequantized at export: the program computes on the
+float32 values of the quantized weights, so its logits are those of the quantized model, while its
+memory and speed are those of a float32 model (the dygraph engine keeps the compact weights; ``auto``
+picks it for quantized checkpoints). The export is written into a temporary sibling folder and renamed
+into place only when complete.
 """
 
 from __future__ import annotations
@@ -47,6 +50,25 @@ def native_ops(device: str, dtype: str):
     return cpu_ops.get()
 
 
+def dequantize_linears(model) -> str | None:
+    """Replace every quantized linear of ``model`` by a float32 ``Linear`` holding its dequantized weight;
+    returns the quantization method (None when there was none)."""
+    from ..model.layers import Linear
+    from ..quant.linear import QuantLinear
+
+    methods = set()
+    for parent in model.sublayers(include_self=True):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, QuantLinear):
+                if child.bias is not None:
+                    raise ErnieError("a quantized linear with a bias cannot be exported")
+                lin = Linear(child.in_features, child.out_features, dtype="float32")
+                lin.weight.set_value(child.dequantize())
+                setattr(parent, name, lin)
+                methods.add(child.method)
+    return ",".join(sorted(methods)) or None
+
+
 def _copy_side_files(source: Path, dest: Path) -> list[str]:
     """Tokenizer, generation and other non-weight top-level files (config.json is rewritten)."""
     copied = []
@@ -69,8 +91,9 @@ def _program_io(config: ErnieConfig, dtype: str) -> dict:
 
 def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT_MAX_BATCH,
            dtype: str | None = None, device: str | None = "cpu", overwrite: bool = False,
-           digest: str | None = None) -> Path:
-    """Export the checkpoint folder ``source`` (HF or Paddle layout) to the folder ``out``."""
+           digest: str | None = None, quantization: str | None = None) -> Path:
+    """Export the checkpoint folder ``source`` (HF or Paddle layout) to the folder ``out``; ``quantization``
+    quantizes on load (then dequantizes, like a quantized checkpoint: see the module docstring)."""
     from ..checkpoint import open_checkpoint
     from ..loading import load
 
@@ -86,15 +109,17 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
     if max_batch < 1 or (max_seq_len is not None and max_seq_len < 2):
         raise ErnieError("--max-batch must be >= 1 and --max-seq-len >= 2")
     digest = digest or mf.checkpoint_digest(source)
-    rt = load(source, dtype=dtype, device=device, engine="dygraph")
+    rt = load(source, dtype=dtype, device=device, engine="dygraph",
+              **({"quantization": quantization} if quantization else {}))
     config = rt.config
+    method = dequantize_linears(rt.model)
     max_seq_len = int(max_seq_len or config.max_position_embeddings)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{time.monotonic_ns()}"
     tmp.mkdir()
     try:
         ops = save_program(rt.model, str(tmp / "step"), rt.dtype, native_ops(rt.device, rt.dtype))
-        config.write(tmp, "paddle")
+        config.replace(quantization_config=None).write(tmp, "paddle")  # the export's weights are float32
         side = _copy_side_files(source, tmp)
         manifest = {
             "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION,
@@ -104,6 +129,7 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
             "source": {"path": str(source.resolve()), "format": open_checkpoint(source).format,
                        "digest": digest},
             "dtype": rt.dtype, "device": "gpu" if rt.device.startswith("gpu") else "cpu",
+            "weights": {"quantization": method, "dequantized_at_export": method is not None},
             "max_seq_len": max_seq_len, "max_batch": int(max_batch),
             "program": {"file": mf.PROGRAM, "params": mf.PARAMS, "version": PROGRAM_VERSION, "ops": ops,
                         **_program_io(config, rt.dtype),

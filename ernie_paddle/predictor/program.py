@@ -5,20 +5,21 @@ It runs on the dygraph model's own parameters and shares its primitive functions
 MLP call the model's ``RMSNorm`` layers; attention and MLP are written here with Paddle's ``swiglu``,
 shape-free reshapes and one rotary rotation (a tiny matmul) for q and k together: tracing the dygraph
 layers as they are gives the same logits with about twice as many small ops per layer, which cost decode
-time on CPU (Paddle's CPU ``flip`` and ``fused_rms_norm`` kernels were measured slower still). Parity with dygraph is tested to 1e-5 at
-every step (tests/test_predictor.py).
+time on CPU (Paddle's CPU ``flip`` and ``fused_rms_norm`` kernels were measured slower still). Parity with
+dygraph is tested to 1e-5 at every step (tests/test_predictor.py).
 
-Two operator sets give the program its linears, norms and experts: ``PaddleOps`` (Paddle's own operators
-over the model's [in, out] weights; GPU, and CPU without a compiler) and ``NativeOps`` (the compiled CPU
-operators of ``cpu_ops.cc`` over transposed [out, in] copies of the weights: a streaming GEMV for decode,
-MKL for prefill, all routed experts of a layer in one operator, a one-operator RMSNorm). The exported
-folder's manifest records which set the program uses.
+Two operator sets give the program its linears, norms, rotary split, attention and experts: ``PaddleOps``
+(Paddle's own operators over the model's [in, out] weights; GPU, and CPU without a compiler) and
+``NativeOps`` (the compiled CPU operators of ``cpu_ops.cc`` over transposed [out, in] copies of the
+weights: a streaming GEMV for decode, MKL for prefill, all routed experts of a layer in one operator, one
+operator each for RMSNorm, the rotary split and attention). On the 0.3B shape a decode step went from
+~700 operators to ~250, and the linears, now 84% of the step, read weights at about the machine's memory
+bandwidth. The exported folder's manifest records which set the program uses.
 
 One program serves prefill and decode: the KV buffer ``kv`` [L, 2, B, nkv, C, hd] is an input that the
 runner shares zero-copy with the predictor; the program writes the new tokens' keys/values into columns
 ``start .. start+T`` in place and attends over columns ``0 .. start+T`` only, so a decode step costs
-attention over the cached length, never a copy of the buffer. Each routed expert is a conditional block
-that runs only when a token selected it.
+attention over the cached length, never a copy of the buffer. MoE layers run only the chosen experts.
 """
 
 
@@ -34,7 +35,7 @@ from paddle.static import InputSpec
 from ..model.layers import NEG_INF, causal_mask, rope_cos_sin
 from ..model.moe import route
 
-PROGRAM_VERSION = 7  # bump when the traced program changes: the export cache keys on it
+PROGRAM_VERSION = 8  # bump when the traced program changes: the export cache keys on it
 INPUT_NAMES = ("input_ids", "positions", "key_mask", "start", "logit_index", "kv")
 
 
@@ -51,6 +52,13 @@ class PaddleOps:
 
     def norm(self, layer, x):
         return layer(x)
+
+    def rope_split(self, attn, qkv, cos2, sin2, rotation):
+        """q [B, T, nh, hd] and k, v [B, nkv, T, hd] of the fused projection, rotary embedding on q and k."""
+        nh, nkv, hd = attn.num_heads, attn.num_kv_heads, attn.head_dim
+        qk, v = paddle.split(qkv.reshape([0, 0, nh + 2 * nkv, hd]), [nh + nkv, nkv], axis=2)
+        q, k = paddle.split(_rope(qk, cos2, sin2, rotation), [nh, nkv], axis=2)
+        return q, k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
 
     def mask(self, key_mask, t):
         """The additive mask [B, 1, groups * T, S] for key_mask [B, S], rows ordered (group, token) like the
@@ -143,6 +151,9 @@ class NativeOps(nn.Layer):
     def norm(self, layer, x):
         return self.module.ernie_rms_norm(x, layer.weight, self.eps)
 
+    def rope_split(self, attn, qkv, cos2, sin2, rotation):
+        return self.module.ernie_rope_split(qkv, cos2, sin2, attn.num_heads, attn.num_kv_heads)
+
     def mask(self, key_mask, t):
         """The key mask itself: the attention operator applies it and the causal limit."""
         return key_mask
@@ -198,14 +209,11 @@ def _rope(x, cos2, sin2, rotation):
     return _as(xf * cos2 + paddle.matmul(xf, rotation) * sin2, x.dtype)
 
 
-def _attention(ops, attn, x, cos2, sin2, rotation, kv, i, start, end, masks):
-    nh, nkv, hd = attn.num_heads, attn.num_kv_heads, attn.head_dim
-    qkv = ops.linear(x, attn.qkv_proj).reshape([0, 0, nh + 2 * nkv, hd])
-    qk, v = paddle.split(qkv, [nh + nkv, nkv], axis=2)
-    q, k = paddle.split(_rope(qk, cos2, sin2, rotation), [nh, nkv], axis=2)
-    kv[i, 0, :, :, start[0]:end] = k.transpose([0, 2, 1, 3])
-    kv[i, 1, :, :, start[0]:end] = v.transpose([0, 2, 1, 3])
-    return ops.linear(ops.attention(attn, q, kv, i, start, end, masks), attn.o_proj)
+def _attention(ops, attn, x, cos2, sin2, rotation, kv, i, start, end, mask):
+    q, k, v = ops.rope_split(attn, ops.linear(x, attn.qkv_proj), cos2, sin2, rotation)
+    kv[i, 0, :, :, start[0]:end] = k
+    kv[i, 1, :, :, start[0]:end] = v
+    return ops.linear(ops.attention(attn, q, kv, i, start, end, mask), attn.o_proj)
 
 
 class StepProgram(nn.Layer):
