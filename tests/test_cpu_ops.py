@@ -90,3 +90,15 @@ def test_attention_matches_numpy(ops, start, tokens):
                 ref[bi, t, h] = (p / p.sum()) @ vals
     out = ops.ernie_attention(_t(q), _t(kv), _t(key_mask), paddle.to_tensor([start], dtype="int64"), layer)
     np.testing.assert_allclose(out.numpy(), ref.reshape(b, tokens, nh * hd), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows,swiglu", [(1, False), (3, True), (12, True)])
+def test_linear_add_matches_numpy(ops, rows, swiglu):
+    """residual + f(x) @ W^T with f SwiGLU of the [gate | up] halves or the identity; GEMV and MKL rows."""
+    rng = np.random.default_rng(rows)
+    k, n = 40, 24
+    x = rng.standard_normal((1, rows, 2 * k if swiglu else k)).astype(np.float32)
+    wt, res = rng.standard_normal((n, k)).astype(np.float32), rng.standard_normal((1, rows, n)).astype(np.float32)
+    act = x[..., :k] / (1 + np.exp(-x[..., :k])) * x[..., k:] if swiglu else x
+    out = ops.ernie_linear_add(_t(x), _t(wt), _t(res), swiglu).numpy()
+    np.testing.assert_allclose(out, res + act @ wt.T, rtol=1e-5, atol=1e-4)

@@ -143,8 +143,10 @@ def test_moe_program_runs_only_chosen_experts(exported, runtime, tmp_path, monke
     top, nested = _op_counts(native / "step.json")
     custom = {name.split(".")[-1]: n for name, n in top.items() if "ernie_" in name}  # "<dialect id>.ernie_..."
     assert custom["ernie_moe_experts"] == moe_layers and not nested and "1.if" not in top
-    # per layer: qkv, o; dense MLP 2; shared expert 2; head 1 -- all streaming GEMV linears
-    assert custom["ernie_linear"] == 2 * config.num_hidden_layers + 2 * dense_layers + 2 * moe_layers + 1
+    # per layer: qkv, o (+ residual); dense MLP or shared expert: up_gate, down (+ residual); head
+    linears = 2 * config.num_hidden_layers + 2 * dense_layers + 2 * moe_layers + 1
+    assert custom["ernie_linear"] + custom["ernie_linear_add"] == linears
+    assert custom["ernie_linear_add"] == config.num_hidden_layers + dense_layers + moe_layers
     monkeypatch.setenv("ERNIE_PADDLE_NATIVE_OPS", "0")
     cpu_ops.reset()
     try:

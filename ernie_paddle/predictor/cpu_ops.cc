@@ -5,6 +5,8 @@
 //
 // ernie_linear(x [..., K], wt [N, K]) -> [..., N]: up to kSmallRows rows run a streaming GEMV (each row
 //     of W^T read once, up to 8 token rows per pass); more rows (prefill) call Paddle's matmul (MKL).
+// ernie_linear_add(x [..., K or 2K], wt [N, K], residual [..., N]; swiglu) -> residual + f(x) @ wt^T, f the
+//     identity or SwiGLU of x's [gate | up] halves: the output projections with their residual add.
 // ernie_moe_experts(x [T, H], ids [T, k], weights [T, k], up_gate_t [E, 2I, H], down_t [E, H, I]) -> [T, H]:
 //     sum over each token's chosen experts of weight * down(silu(gate) * up); only chosen experts run, and
 //     one operator replaces the per-expert conditional blocks of a traced loop.
@@ -130,6 +132,14 @@ void linear_into(const float* x, int64_t m, int64_t k, const float* wt, int64_t 
   std::memcpy(y, out.data<float>(), sizeof(float) * m * n);
 }
 
+// out [rows, inter] = silu(gate) * up for h [rows, 2 inter] holding [gate | up].
+void swiglu_rows(const float* h, int64_t rows, int64_t inter, float* out) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* g = h + i * 2 * inter;
+    for (int64_t j = 0; j < inter; ++j) out[i * inter + j] = g[j] / (1.0f + std::exp(-g[j])) * g[inter + j];
+  }
+}
+
 std::vector<int64_t> out_shape(const std::vector<int64_t>& x, int64_t n) {
   std::vector<int64_t> shape(x);
   shape.back() = n;
@@ -151,6 +161,32 @@ std::vector<paddle::Tensor> LinearForward(const paddle::Tensor& x, const paddle:
   }
   auto y = paddle::empty(out_shape(x.shape(), n), paddle::DataType::FLOAT32, paddle::CPUPlace());
   gemv(xc.data<float>(), m, k, wt.data<float>(), n, y.data<float>());
+  return {y};
+}
+
+std::vector<paddle::Tensor> LinearAddForward(const paddle::Tensor& x, const paddle::Tensor& wt,
+                                             const paddle::Tensor& residual, bool swiglu) {
+  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32 && residual.dtype() == paddle::DataType::FLOAT32,
+           "ernie_linear_add: float32 only");
+  const int64_t n = wt.shape()[0], k = wt.shape()[1], width = x.shape().back();
+  PD_CHECK(width == (swiglu ? 2 * k : k) && residual.shape().back() == n, "ernie_linear_add: shapes");
+  const int64_t m = x.numel() / width;
+  PD_CHECK(residual.numel() == m * n, "ernie_linear_add: residual shape");
+  auto xc = x.is_contiguous() ? x : x.contiguous();
+  std::vector<float> act;
+  const float* in = xc.data<float>();
+  if (swiglu) {
+    act.resize(m * k);
+    swiglu_rows(in, m, k, act.data());
+    in = act.data();
+  }
+  auto rc = residual.is_contiguous() ? residual : residual.contiguous();
+  auto y = paddle::empty(residual.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
+  float* yp = y.data<float>();
+  linear_into(in, m, k, wt.data<float>(), n, yp);
+  const float* rp = rc.data<float>();
+#pragma omp simd
+  for (int64_t i = 0; i < m * n; ++i) yp[i] += rp[i];
   return {y};
 }
 
@@ -187,10 +223,7 @@ std::vector<paddle::Tensor> MoeExpertsForward(const paddle::Tensor& x, const pad
     out.resize(c * h);
     for (int64_t i = 0; i < c; ++i) std::memcpy(&xe[i * h], xp + rows[e][i].first * h, sizeof(float) * h);
     linear_into(xe.data(), c, h, up_gate_t.data<float>() + e * two_i * h, two_i, hid.data());
-    for (int64_t i = 0; i < c; ++i) {  // swiglu: silu(gate) * up, [gate | up] halves
-      const float* g = &hid[i * two_i];
-      for (int64_t j = 0; j < inter; ++j) act[i * inter + j] = g[j] / (1.0f + std::exp(-g[j])) * g[inter + j];
-    }
+    swiglu_rows(hid.data(), c, inter, act.data());
     linear_into(act.data(), c, inter, down_t.data<float>() + e * h * inter, h, out.data());
     for (int64_t i = 0; i < c; ++i) {
       float* dst = yp + rows[e][i].first * h;
@@ -331,6 +364,16 @@ std::vector<std::vector<int64_t>> LinearShape(const std::vector<int64_t>& x, con
   return {out_shape(x, wt[0])};
 }
 
+std::vector<std::vector<int64_t>> LinearAddShape(const std::vector<int64_t>&, const std::vector<int64_t>&,
+                                                 const std::vector<int64_t>& residual, bool) {
+  return {residual};
+}
+
+std::vector<paddle::DataType> Float32LinearAdd(const paddle::DataType&, const paddle::DataType&,
+                                               const paddle::DataType&) {
+  return {paddle::DataType::FLOAT32};
+}
+
 std::vector<std::vector<int64_t>> MoeShape(const std::vector<int64_t>& x, const std::vector<int64_t>&,
                                            const std::vector<int64_t>&, const std::vector<int64_t>&,
                                            const std::vector<int64_t>&) {
@@ -356,6 +399,14 @@ PD_BUILD_OP(ernie_linear)
     .SetKernelFn(PD_KERNEL(LinearForward))
     .SetInferShapeFn(PD_INFER_SHAPE(LinearShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(Float32));
+
+PD_BUILD_OP(ernie_linear_add)
+    .Inputs({"X", "WT", "Residual"})
+    .Outputs({"Out"})
+    .Attrs({"swiglu: bool"})
+    .SetKernelFn(PD_KERNEL(LinearAddForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(LinearAddShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(Float32LinearAdd));
 
 PD_BUILD_OP(ernie_moe_experts)
     .Inputs({"X", "Ids", "Weights", "UpGateT", "DownT"})

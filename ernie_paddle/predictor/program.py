@@ -35,7 +35,7 @@ from paddle.static import InputSpec
 from ..model.layers import NEG_INF, causal_mask, rope_cos_sin
 from ..model.moe import route
 
-PROGRAM_VERSION = 8  # bump when the traced program changes: the export cache keys on it
+PROGRAM_VERSION = 9  # bump when the traced program changes: the export cache keys on it
 INPUT_NAMES = ("input_ids", "positions", "key_mask", "start", "logit_index", "kv")
 
 
@@ -49,6 +49,10 @@ class PaddleOps:
 
     def linear(self, x, layer):
         return paddle.matmul(x, layer.weight)
+
+    def linear_add(self, x, layer, residual, swiglu=False):
+        """residual + f(x) @ W, f SwiGLU of x's [gate | up] halves or the identity."""
+        return residual + self.linear(F.swiglu(x) if swiglu else x, layer)
 
     def norm(self, layer, x):
         return layer(x)
@@ -92,12 +96,10 @@ class PaddleOps:
         for j, e in enumerate(getattr(moe, "owned", range(n_exp))):  # experts[j] is expert e
             if chosen[e]:
                 rows = paddle.nonzero(row_hit[:, e]).flatten()
-                part = self.mlp(moe.experts[j], paddle.gather(flat, rows)) * paddle.gather(row_w[:, e:e + 1], rows)
+                part = self.linear(F.swiglu(self.linear(paddle.gather(flat, rows), moe.experts[j].up_gate_proj)),
+                                   moe.experts[j].down_proj) * paddle.gather(row_w[:, e:e + 1], rows)
                 out = paddle.index_add(out, rows, 0, part)
         return out
-
-    def mlp(self, mlp, x):
-        return self.linear(F.swiglu(self.linear(x, mlp.up_gate_proj)), mlp.down_proj)
 
     def head(self, hidden):
         return self.model.head(hidden)
@@ -148,6 +150,9 @@ class NativeOps(nn.Layer):
     def linear(self, x, layer):
         return self.module.ernie_linear(x, self.weights[self._index[id(layer)]])
 
+    def linear_add(self, x, layer, residual, swiglu=False):
+        return self.module.ernie_linear_add(x, self.weights[self._index[id(layer)]], residual, swiglu)
+
     def norm(self, layer, x):
         return self.module.ernie_rms_norm(x, layer.weight, self.eps)
 
@@ -166,9 +171,6 @@ class NativeOps(nn.Layer):
         return self.module.ernie_moe_experts(flat, ids, weights.astype("float32"), self.weights[up_gate],
                                              self.weights[down])
 
-    def mlp(self, mlp, x):
-        return self.linear(F.swiglu(self.linear(x, mlp.up_gate_proj)), mlp.down_proj)
-
     def head(self, hidden):
         if self.model.config.tie_word_embeddings:
             return self.module.ernie_linear(hidden, self.model.ernie.embed_tokens.weight)
@@ -184,7 +186,7 @@ def sparse_moe(ops, i: int, moe, x: paddle.Tensor) -> paddle.Tensor:
     ids, weights = route(flat, moe.gate.weight, bias, moe.top_k, moe.norm_min, moe.act)
     out = ops.experts(i, moe, flat, ids, weights)
     if moe.shared_experts is not None:
-        out = out + ops.mlp(moe.shared_experts, flat)
+        out = _mlp(ops, moe.shared_experts, flat, out)
     return out.reshape(shape)
 
 
@@ -209,11 +211,17 @@ def _rope(x, cos2, sin2, rotation):
     return _as(xf * cos2 + paddle.matmul(xf, rotation) * sin2, x.dtype)
 
 
-def _attention(ops, attn, x, cos2, sin2, rotation, kv, i, start, end, mask):
+def _mlp(ops, mlp, x, residual):
+    """residual + down(SwiGLU(x @ up_gate))."""
+    return ops.linear_add(ops.linear(x, mlp.up_gate_proj), mlp.down_proj, residual, swiglu=True)
+
+
+def _attention(ops, attn, x, cos2, sin2, rotation, kv, i, start, end, mask, residual):
+    """residual + the attention block's output for normed x."""
     q, k, v = ops.rope_split(attn, ops.linear(x, attn.qkv_proj), cos2, sin2, rotation)
     kv[i, 0, :, :, start[0]:end] = k
     kv[i, 1, :, :, start[0]:end] = v
-    return ops.linear(ops.attention(attn, q, kv, i, start, end, mask), attn.o_proj)
+    return ops.linear_add(ops.attention(attn, q, kv, i, start, end, mask), attn.o_proj, residual)
 
 
 class StepProgram(nn.Layer):
@@ -243,10 +251,10 @@ class StepProgram(nn.Layer):
         # A row gather: Paddle's CPU ``embedding`` kernel took milliseconds per call for one token.
         x = paddle.gather(ernie.embed_tokens.weight, input_ids.flatten()).reshape([-1, t, cfg.hidden_size])
         for i, layer in enumerate(ernie.layers):
-            x = x + _attention(ops, layer.self_attn, ops.norm(layer.input_layernorm, x), cos2, sin2, rotation,
-                               kv, i, start, end, mask)
+            x = _attention(ops, layer.self_attn, ops.norm(layer.input_layernorm, x), cos2, sin2, rotation,
+                           kv, i, start, end, mask, x)
             h = ops.norm(layer.post_attention_layernorm, x)
-            x = x + (sparse_moe(ops, i, layer.mlp, h) if cfg.is_moe_layer(i) else ops.mlp(layer.mlp, h))
+            x = (x + sparse_moe(ops, i, layer.mlp, h)) if cfg.is_moe_layer(i) else _mlp(ops, layer.mlp, h, x)
         return ops.head(ops.norm(ernie.norm, paddle.gather(x, logit_index, axis=1)))
 
 
