@@ -187,6 +187,8 @@ DAMAGE = {
                       "config.json"),
     "flipped byte": (lambda d: _flip_byte(d / "step.pdiparams"), "step.pdiparams does not match"),
     "not json": (lambda d: (d / "manifest.json").write_text("{"), "not valid JSON"),
+    "older program": (lambda d: _edit_json(d / "manifest.json", lambda m: m["program"].update(version=1)),
+                      "calls compiled operators of another ernie-paddle"),
 }
 
 

@@ -16,10 +16,10 @@
 //     the layer's keys/values, query head h reading kv head h / (nh / nkv); a key is visible when it is a
 //     real token (key_mask) at or before the query's column (causal). One operator for the dozen reshapes,
 //     slices, matmuls and softmax of the traced attention.
-// ernie_rope_split(qkv [B, T, (nh + 2 nkv) hd], cos2 [B, T, 1, hd], sin2 [B, T, 1, hd]; nh, nkv) ->
-//     q [B, T, nh, hd], k [B, nkv, T, hd], v [B, nkv, T, hd]: the fused projection cut into heads, rotary
-//     embedding on q and k (x * cos + rotate_pairs(x) * sin, pairs (2i, 2i + 1)), k and v in the KV
-//     buffer's head-major order.
+// ernie_rope_kv(qkv [B, T, (nh + 2 nkv) hd], cos2 [B, T, 1, hd], sin2 [B, T, 1, hd], start [1], kv; nh,
+//     layer) -> q [B, T, nh, hd], kv (in place): the fused projection cut into heads, rotary embedding on q
+//     and k (x * cos + rotate_pairs(x) * sin, pairs (2i, 2i + 1)); k and v written straight into the
+//     layer's KV columns start .. start + T (the buffer the runner shares with the predictor).
 #include <immintrin.h>
 #include <omp.h>
 
@@ -302,20 +302,23 @@ std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& q, const padd
   return {out};
 }
 
-std::vector<paddle::Tensor> RopeSplitForward(const paddle::Tensor& qkv, const paddle::Tensor& cos2,
-                                             const paddle::Tensor& sin2, int nh, int nkv) {
-  PD_CHECK(qkv.dtype() == paddle::DataType::FLOAT32, "ernie_rope_split: float32 only");
+std::vector<paddle::Tensor> RopeKvForward(const paddle::Tensor& qkv, const paddle::Tensor& cos2,
+                                          const paddle::Tensor& sin2, const paddle::Tensor& start, paddle::Tensor& kv,
+                                          int nh, int layer) {
+  PD_CHECK(qkv.dtype() == paddle::DataType::FLOAT32 && kv.dtype() == paddle::DataType::FLOAT32,
+           "ernie_rope_kv: float32 only");
   const int64_t b = qkv.shape()[0], t = qkv.shape()[1], hd = cos2.shape().back();
-  PD_CHECK(qkv.shape()[2] == (nh + 2 * nkv) * hd && cos2.numel() == b * t * hd && sin2.numel() == b * t * hd,
-           "ernie_rope_split: shapes");
+  const int64_t nkv = kv.shape()[3], cap = kv.shape()[4], first = start.data<int64_t>()[0];
+  PD_CHECK(qkv.shape()[2] == (nh + 2 * nkv) * hd && cos2.numel() == b * t * hd && sin2.numel() == b * t * hd &&
+               kv.shape()[2] == b && kv.shape()[5] == hd && first + t <= cap && layer < kv.shape()[0],
+           "ernie_rope_kv: shapes");
   auto src = qkv.is_contiguous() ? qkv : qkv.contiguous();
   auto q = paddle::empty({b, t, nh, hd}, paddle::DataType::FLOAT32, paddle::CPUPlace());
-  auto k = paddle::empty({b, nkv, t, hd}, paddle::DataType::FLOAT32, paddle::CPUPlace());
-  auto v = paddle::empty({b, nkv, t, hd}, paddle::DataType::FLOAT32, paddle::CPUPlace());
   const float* xp = src.data<float>();
   const float* cp = cos2.data<float>();
   const float* sp = sin2.data<float>();
-  const int64_t heads = nh + 2 * nkv;
+  float* kvp = kv.data<float>();
+  const int64_t heads = nh + 2 * nkv, plane = nkv * cap * hd;
   for (int64_t bi = 0; bi < b; ++bi)
     for (int64_t ti = 0; ti < t; ++ti) {
       const float* row = xp + (bi * t + ti) * heads * hd;
@@ -323,10 +326,10 @@ std::vector<paddle::Tensor> RopeSplitForward(const paddle::Tensor& qkv, const pa
       const float* sn = sp + (bi * t + ti) * hd;
       for (int64_t h = 0; h < heads; ++h) {
         const float* x = row + h * hd;
+        const int64_t part = h < nh + nkv ? 0 : 1, kvh = h < nh + nkv ? h - nh : h - nh - nkv;
         float* dst = h < nh ? q.data<float>() + ((bi * t + ti) * nh + h) * hd
-                   : h < nh + nkv ? k.data<float>() + ((bi * nkv + h - nh) * t + ti) * hd
-                                  : v.data<float>() + ((bi * nkv + h - nh - nkv) * t + ti) * hd;
-        if (h >= nh + nkv) {
+                            : kvp + ((layer * 2 + part) * b + bi) * plane + (kvh * cap + first + ti) * hd;
+        if (part == 1) {
           std::memcpy(dst, x, hd * sizeof(float));
           continue;
         }
@@ -336,18 +339,18 @@ std::vector<paddle::Tensor> RopeSplitForward(const paddle::Tensor& qkv, const pa
         }
       }
     }
-  return {q, k, v};
+  return {q};
 }
 
-std::vector<std::vector<int64_t>> RopeSplitShape(const std::vector<int64_t>& qkv, const std::vector<int64_t>& cos2,
-                                                 const std::vector<int64_t>&, int nh, int nkv) {
-  const int64_t hd = cos2.back();
-  return {{qkv[0], qkv[1], nh, hd}, {qkv[0], nkv, qkv[1], hd}, {qkv[0], nkv, qkv[1], hd}};
+std::vector<std::vector<int64_t>> RopeKvShape(const std::vector<int64_t>& qkv, const std::vector<int64_t>& cos2,
+                                              const std::vector<int64_t>&, const std::vector<int64_t>&,
+                                              const std::vector<int64_t>& kv, int nh, int) {
+  return {{qkv[0], qkv[1], nh, cos2.back()}, kv};
 }
 
-std::vector<paddle::DataType> Float32Rope(const paddle::DataType&, const paddle::DataType&,
-                                          const paddle::DataType&) {
-  return {paddle::DataType::FLOAT32, paddle::DataType::FLOAT32, paddle::DataType::FLOAT32};
+std::vector<paddle::DataType> Float32RopeKv(const paddle::DataType&, const paddle::DataType&, const paddle::DataType&,
+                                            const paddle::DataType&, const paddle::DataType&) {
+  return {paddle::DataType::FLOAT32, paddle::DataType::FLOAT32};
 }
 
 std::vector<std::vector<int64_t>> AttentionShape(const std::vector<int64_t>& q, const std::vector<int64_t>&,
@@ -431,10 +434,11 @@ PD_BUILD_OP(ernie_attention)
     .SetInferShapeFn(PD_INFER_SHAPE(AttentionShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(Float32Attention));
 
-PD_BUILD_OP(ernie_rope_split)
-    .Inputs({"QKV", "Cos2", "Sin2"})
-    .Outputs({"Q", "K", "V"})
-    .Attrs({"nh: int", "nkv: int"})
-    .SetKernelFn(PD_KERNEL(RopeSplitForward))
-    .SetInferShapeFn(PD_INFER_SHAPE(RopeSplitShape))
-    .SetInferDtypeFn(PD_INFER_DTYPE(Float32Rope));
+PD_BUILD_OP(ernie_rope_kv)
+    .Inputs({"QKV", "Cos2", "Sin2", "Start", "KV"})
+    .Outputs({"Q", "KVOut"})
+    .Attrs({"nh: int", "layer: int"})
+    .SetInplaceMap({{"KV", "KVOut"}})
+    .SetKernelFn(PD_KERNEL(RopeKvForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(RopeKvShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(Float32RopeKv));

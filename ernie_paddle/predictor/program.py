@@ -35,7 +35,7 @@ from paddle.static import InputSpec
 from ..model.layers import NEG_INF, causal_mask, rope_cos_sin
 from ..model.moe import route
 
-PROGRAM_VERSION = 9  # bump when the traced program changes: the export cache keys on it
+PROGRAM_VERSION = 10  # bump when the traced program changes: the export cache keys on it
 INPUT_NAMES = ("input_ids", "positions", "key_mask", "start", "logit_index", "kv")
 
 
@@ -57,12 +57,15 @@ class PaddleOps:
     def norm(self, layer, x):
         return layer(x)
 
-    def rope_split(self, attn, qkv, cos2, sin2, rotation):
-        """q [B, T, nh, hd] and k, v [B, nkv, T, hd] of the fused projection, rotary embedding on q and k."""
+    def rope_kv(self, attn, qkv, cos2, sin2, rotation, start, end, kv, i):
+        """q [B, T, nh, hd] of the fused projection, with rotary embedding, and ``kv`` with this step's keys
+        (rotated) and values written into layer i's columns start .. end."""
         nh, nkv, hd = attn.num_heads, attn.num_kv_heads, attn.head_dim
         qk, v = paddle.split(qkv.reshape([0, 0, nh + 2 * nkv, hd]), [nh + nkv, nkv], axis=2)
         q, k = paddle.split(_rope(qk, cos2, sin2, rotation), [nh, nkv], axis=2)
-        return q, k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
+        kv[i, 0, :, :, start[0]:end] = k.transpose([0, 2, 1, 3])
+        kv[i, 1, :, :, start[0]:end] = v.transpose([0, 2, 1, 3])
+        return q, kv
 
     def mask(self, key_mask, t):
         """The additive mask [B, 1, groups * T, S] for key_mask [B, S], rows ordered (group, token) like the
@@ -156,8 +159,9 @@ class NativeOps(nn.Layer):
     def norm(self, layer, x):
         return self.module.ernie_rms_norm(x, layer.weight, self.eps)
 
-    def rope_split(self, attn, qkv, cos2, sin2, rotation):
-        return self.module.ernie_rope_split(qkv, cos2, sin2, attn.num_heads, attn.num_kv_heads)
+    def rope_kv(self, attn, qkv, cos2, sin2, rotation, start, end, kv, i):
+        q, kv_out = self.module.ernie_rope_kv(qkv, cos2, sin2, start, kv, attn.num_heads, i)  # kv in place
+        return q, kv_out
 
     def mask(self, key_mask, t):
         """The key mask itself: the attention operator applies it and the causal limit."""
@@ -217,11 +221,9 @@ def _mlp(ops, mlp, x, residual):
 
 
 def _attention(ops, attn, x, cos2, sin2, rotation, kv, i, start, end, mask, residual):
-    """residual + the attention block's output for normed x."""
-    q, k, v = ops.rope_split(attn, ops.linear(x, attn.qkv_proj), cos2, sin2, rotation)
-    kv[i, 0, :, :, start[0]:end] = k
-    kv[i, 1, :, :, start[0]:end] = v
-    return ops.linear_add(ops.attention(attn, q, kv, i, start, end, mask), attn.o_proj, residual)
+    """residual + the attention block's output for normed x, and ``kv`` holding this step's keys/values."""
+    q, kv = ops.rope_kv(attn, ops.linear(x, attn.qkv_proj), cos2, sin2, rotation, start, end, kv, i)
+    return ops.linear_add(ops.attention(attn, q, kv, i, start, end, mask), attn.o_proj, residual), kv
 
 
 class StepProgram(nn.Layer):
@@ -251,8 +253,8 @@ class StepProgram(nn.Layer):
         # A row gather: Paddle's CPU ``embedding`` kernel took milliseconds per call for one token.
         x = paddle.gather(ernie.embed_tokens.weight, input_ids.flatten()).reshape([-1, t, cfg.hidden_size])
         for i, layer in enumerate(ernie.layers):
-            x = _attention(ops, layer.self_attn, ops.norm(layer.input_layernorm, x), cos2, sin2, rotation,
-                           kv, i, start, end, mask, x)
+            x, kv = _attention(ops, layer.self_attn, ops.norm(layer.input_layernorm, x), cos2, sin2, rotation,
+                               kv, i, start, end, mask, x)
             h = ops.norm(layer.post_attention_layernorm, x)
             x = (x + sparse_moe(ops, i, layer.mlp, h)) if cfg.is_moe_layer(i) else _mlp(ops, layer.mlp, h, x)
         return ops.head(ops.norm(ernie.norm, paddle.gather(x, logit_index, axis=1)))

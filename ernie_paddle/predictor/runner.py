@@ -50,10 +50,15 @@ def _quiet_stdout():
         os.close(devnull)
 
 
-def _load_native_ops(folder: Path, device: str) -> None:
-    """Register the compiled CPU operators that a "native" program calls (before the predictor exists)."""
+def _load_native_ops(folder: Path, device: str, version) -> None:
+    """Register the compiled CPU operators that a "native" program calls (before the predictor exists);
+    a program traced by another version may call operators this version no longer has."""
     from . import cpu_ops
+    from .program import PROGRAM_VERSION
 
+    if version != PROGRAM_VERSION:
+        raise ErnieError(f"this export's program (version {version}) calls compiled operators of another "
+                         f"ernie-paddle (program version {PROGRAM_VERSION}); export the checkpoint again", folder)
     if not device.startswith("cpu"):
         raise ErnieError("this export was made for CPU (compiled CPU operators); export again on the GPU host",
                          folder)
@@ -79,7 +84,7 @@ class Predictor:
                              "again with --dtype float32 for CPU", self.folder)
         self.ops = self.manifest["program"].get("ops", "paddle")
         if self.ops == "native":
-            _load_native_ops(self.folder, self.device)
+            _load_native_ops(self.folder, self.device, self.manifest["program"].get("version"))
         cfg = pdi.Config(str(self.folder / mf.PROGRAM), str(self.folder / mf.PARAMS))
         if self.device.startswith("gpu"):
             cfg.enable_use_gpu(256, int(self.device.partition(":")[2] or 0))
