@@ -139,6 +139,9 @@ def test_moe_program_runs_only_chosen_experts(exported, runtime, tmp_path, monke
     config = runtime("moe-tied").config
     moe_layers, dense_layers = len(config.moe_layers), config.num_hidden_layers - len(config.moe_layers)
     native = exported("moe-tied")
+    if cpu_ops.get() is None:  # no compiler here: the export fell back to Paddle's own operators
+        assert json.loads((native / "manifest.json").read_text())["program"]["ops"] == "paddle"
+        pytest.skip(f"no compiled operators on this host: {cpu_ops.build_error()}")
     assert json.loads((native / "manifest.json").read_text())["program"]["ops"] == "native"
     top, nested = _op_counts(native / "step.json")
     custom = {name.split(".")[-1]: n for name, n in top.items() if "ernie_" in name}  # "<dialect id>.ernie_..."
