@@ -118,7 +118,6 @@ class NativeOps(nn.Layer):
     def __init__(self, model, module):
         super().__init__()
         self.module, self.model = module, model
-        self.eps = model.config.rms_norm_eps
         self.weights = nn.ParameterList()
         self._index: dict[int, int] = {}  # id of an original Linear -> index of its copy in self.weights
         self._experts: dict[int, tuple[int, int]] = {}  # layer -> (up_gate, down) indices
@@ -157,7 +156,7 @@ class NativeOps(nn.Layer):
         return self.module.ernie_linear_add(x, self.weights[self._index[id(layer)]], residual, swiglu)
 
     def norm(self, layer, x):
-        return self.module.ernie_rms_norm(x, layer.weight, self.eps)
+        return self.module.ernie_rms_norm(x, layer.weight, layer.eps)
 
     def rope_kv(self, attn, qkv, cos2, sin2, rotation, start, end, kv, i):
         q, kv_out = self.module.ernie_rope_kv(qkv, cos2, sin2, start, kv, attn.num_heads, i)  # kv in place
