@@ -35,6 +35,7 @@
 namespace {
 
 constexpr int64_t kSmallRows = 8;
+constexpr int64_t kBlock = 512;  // k per pass of the batched tiles: 4 weight rows + 8 token rows = 24 KB
 constexpr int64_t kChunk = 64;  // output rows per work item (a multiple of 4: the 4 x 2 tiles)
 
 inline float hsum(__m256 v) {
@@ -61,8 +62,8 @@ inline float dot(const float* a, const float* b, int64_t k) {
 
 // y[r, n], y[r + 1, n] for four weight rows n .. n + 3 and two token rows r, r + 1 (r + 1 < m, or xb = xa):
 // eight accumulators, six loads per eight FMAs, so batched decode is not bound by loads.
-void tile4x2(const float* xa, const float* xb, int64_t k, const float* w0, float* ya, float* yb) {
-  const float *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;
+void tile4x2(const float* xa, const float* xb, int64_t k, const float* w0, int64_t ldw, float* ya, float* yb) {
+  const float *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
   int64_t i = 0;
   for (; i + 8 <= k; i += 8) {
@@ -89,8 +90,9 @@ void tile4x2(const float* xa, const float* xb, int64_t k, const float* w0, float
     s[6] += xb[i] * w2[i];
     s[7] += xb[i] * w3[i];
   }
-  std::memcpy(ya, s, 4 * sizeof(float));
-  if (yb != ya) std::memcpy(yb, s + 4, 4 * sizeof(float));
+  for (int j = 0; j < 4; ++j) ya[j] += s[j];
+  if (yb != ya)
+    for (int j = 0; j < 4; ++j) yb[j] += s[4 + j];
 }
 
 // y[r, n] = dot(x[r, :], wt[n, :]) for output rows n0 .. n1 and token rows r < m. One token row: one
@@ -100,12 +102,17 @@ void gemv_range(const float* x, int64_t m, int64_t k, const float* wt, int64_t n
                 int64_t ldy) {
   int64_t n = n0;
   if (m > 1) {
-    for (; n + 4 <= n1; n += 4)
-      for (int64_t r = 0; r < m; r += 2) {
-        const bool two = r + 1 < m;
-        tile4x2(x + r * k, x + (two ? r + 1 : r) * k, k, wt + n * k, y + r * ldy + n,
-                y + (two ? r + 1 : r) * ldy + n);
+    for (; n + 4 <= n1; n += 4) {
+      for (int64_t r = 0; r < m; ++r) std::fill(y + r * ldy + n, y + r * ldy + n + 4, 0.0f);
+      for (int64_t k0 = 0; k0 < k; k0 += kBlock) {  // the 4 weight rows' block and x's stay in L1
+        const int64_t len = std::min(kBlock, k - k0);
+        for (int64_t r = 0; r < m; r += 2) {
+          const bool two = r + 1 < m;
+          tile4x2(x + r * k + k0, x + (two ? r + 1 : r) * k + k0, len, wt + n * k + k0, k, y + r * ldy + n,
+                  y + (two ? r + 1 : r) * ldy + n);
+        }
       }
+    }
   }
   for (; n < n1; ++n)
     for (int64_t r = 0; r < m; ++r) y[r * ldy + n] = dot(x + r * k, wt + n * k, k);
