@@ -159,8 +159,7 @@ class NativeOps(nn.Layer):
         return self.module.ernie_rms_norm(x, layer.weight, layer.eps)
 
     def rope_kv(self, attn, qkv, cos2, sin2, rotation, start, end, kv, i):
-        q, kv_out = self.module.ernie_rope_kv(qkv, cos2, sin2, start, kv, attn.num_heads, i)  # kv in place
-        return q, kv_out
+        return self.module.ernie_rope_kv(qkv, cos2, sin2, start, kv, attn.num_heads, i)  # (q, kv in place)
 
     def mask(self, key_mask, t):
         """The key mask itself: the attention operator applies it and the causal limit."""

@@ -11,12 +11,12 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import ErnieError
+from .arrays import FLOATS, float_matrix
 
 BLOCK = 128
 E4M3_MAX = 448.0
 AMAX_FLOOR = 1e-4  # FastDeploy's per_block_cast_to_fp8 clips the block amax here; all-zero blocks stay 0
 E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
-_FLOATS = (np.float32, np.float16, np.float64, ml_dtypes.bfloat16)
 
 
 def grid_shape(rows: int, cols: int, block: int = BLOCK) -> tuple[int, int]:
@@ -51,7 +51,7 @@ def check(q: np.ndarray, scale: np.ndarray | None, block: int = BLOCK, name: str
     scale = np.asarray(scale)
     if q.ndim != 2:
         raise ErnieError(f"tensor {qn!r} has shape {list(q.shape)}; expected 2-D")
-    if scale.dtype not in _FLOATS:
+    if scale.dtype not in FLOATS:
         raise ErnieError(f"tensor {sn!r} has dtype {scale.dtype}; expected float32")
     want = grid_shape(*q.shape, block)
     if scale.shape != want:
@@ -73,12 +73,7 @@ def dequantize(q: np.ndarray, scale: np.ndarray, block: int = BLOCK, name: str =
 
 def quantize(w: np.ndarray, block: int = BLOCK, name: str = "weight") -> tuple[np.ndarray, np.ndarray]:
     """Round-to-nearest e4m3 with scale = block amax / 448; returns (q float8_e4m3fn, scale float32)."""
-    w = np.asarray(w)
-    if w.ndim != 2 or w.dtype not in _FLOATS:
-        raise ErnieError(f"cannot FP8-quantize {name!r}: expected a 2-D float array, got {w.dtype} {list(w.shape)}")
-    w = w.astype(np.float32)
-    if not np.isfinite(w).all():
-        raise ErnieError(f"cannot FP8-quantize {name!r}: it contains NaN or Inf")
+    w = float_matrix(w, name, "FP8-quantize")
     rows, cols = w.shape
     gr, gc = grid_shape(rows, cols, block)
     padded = np.zeros((gr * block, gc * block), np.float32)

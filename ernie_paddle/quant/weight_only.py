@@ -16,23 +16,18 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import ErnieError
+from .arrays import FLOATS, float_matrix
 
 BITS = {"wint8": 8, "wint4": 4}
 BOUND = {8: 127, 4: 7}
 LAYOUTS = ("sm80", "plain")
-_FLOATS = (np.float32, np.float16, np.float64, ml_dtypes.bfloat16)
 _NIBBLE_ORDER = np.array([0, 2, 4, 6, 1, 3, 5, 7])  # int4 step 4: destination nibble i takes source nibble
 
 
 def quantize(w: np.ndarray, bits: int, scale_dtype=ml_dtypes.bfloat16,
              name: str = "weight") -> tuple[np.ndarray, np.ndarray]:
     """Per-column symmetric quantization of W [K, N]; returns (int8 values [K, N], scale [N])."""
-    w = np.asarray(w)
-    if w.ndim != 2 or w.dtype not in _FLOATS:
-        raise ErnieError(f"cannot quantize {name!r}: expected a 2-D float array, got {w.dtype} {list(w.shape)}")
-    w = w.astype(np.float32)
-    if not np.isfinite(w).all():
-        raise ErnieError(f"cannot quantize {name!r}: it contains NaN or Inf")
+    w = float_matrix(w, name, "quantize")
     bound = BOUND[bits]
     scale = (np.abs(w).max(axis=0) / np.float32(bound)).astype(np.float32).astype(scale_dtype)
     s = scale.astype(np.float32)
@@ -170,7 +165,7 @@ def check_scale(scale: np.ndarray | None, n: int, name: str = "weight_scale") ->
     if scale is None:
         raise ErnieError(f"tensor {name!r} is missing (weight-only int weights need a per-channel scale)")
     scale = np.asarray(scale)
-    if scale.dtype not in _FLOATS or scale.size != n or scale.ndim > 2:
+    if scale.dtype not in FLOATS or scale.size != n or scale.ndim > 2:
         raise ErnieError(f"tensor {name!r} has {scale.dtype} {list(scale.shape)}; expected a float vector [{n}]")
     return scale.reshape(n).astype(np.float32)
 

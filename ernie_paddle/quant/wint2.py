@@ -13,12 +13,12 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import ErnieError
+from .arrays import FLOATS
 
 SHIFTS = (9, 6, 3, 0)
 GROUP = 64  # rows per local scale
 ZERO_POINT = 32
 SUFFIXES = ("quant_weight", "weight_scale", "super_scales", "code_scale", "code_zp")
-_FLOATS = (np.float32, np.float16, np.float64, ml_dtypes.bfloat16)
 # (code_scale, code_zp) the encoder tries per column: each spreads the 256 bytes over codes 0..32767.
 _CODEBOOKS = ((100.25, 6144.0), (128.4, 0.0), (80.3, 6144.0), (120.7, 0.0))
 
@@ -41,7 +41,7 @@ def check(tensors: dict[str, np.ndarray], name: str = "weight") -> tuple[np.ndar
     vecs = []
     for s in SUFFIXES[2:]:
         t = np.asarray(tensors[s])
-        if t.dtype not in _FLOATS or t.size != n or t.ndim > 2:
+        if t.dtype not in FLOATS or t.size != n or t.ndim > 2:
             raise ErnieError(f"tensor '{name}.{s}' has {t.dtype} {list(t.shape)}; expected a float vector [{n}]")
         t = t.reshape(n).astype(np.float32)
         if not np.isfinite(t).all():
@@ -105,7 +105,7 @@ def _best_bytes(t: np.ndarray, book: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def encode(w: np.ndarray, super_dtype=ml_dtypes.bfloat16, name: str = "weight") -> dict[str, np.ndarray]:
     """Quantize W [K, N] (K % 64 == 0) to valid WINT2 tensors; a nearest-codeword search, not Baidu's CCQ."""
     w = np.asarray(w)
-    if w.ndim != 2 or w.dtype not in _FLOATS or w.shape[0] % GROUP:
+    if w.ndim != 2 or w.dtype not in FLOATS or w.shape[0] % GROUP:
         raise ErnieError(f"cannot WINT2-encode {name!r}: need a 2-D float [K, N] with K % 64 == 0, "
                          f"got {w.dtype} {list(w.shape)}")
     w = w.astype(np.float32)
