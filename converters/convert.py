@@ -11,13 +11,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ernie_paddle.checkpoint import SAFE_INDEX, open_checkpoint
-from ernie_paddle.config import HF, PADDLE
+from converters.plan import plan
+from ernie_paddle.config.text import HF, PADDLE
 from ernie_paddle.errors import ErnieError
+from ernie_paddle.io.checkpoint import SAFE_INDEX, open_checkpoint
+from ernie_paddle.io.shard_writer import ShardedWriter, atomic_folder, parse_size, plan_shards
 from ernie_paddle.progress import progress_bar
-from ernie_paddle.shard_writer import ShardedWriter, atomic_folder, parse_size, plan_shards
-
-from .plan import plan
 
 SAFETENSORS_FORMAT = {HF: "pt", PADDLE: "paddle"}
 _WEIGHT_SUFFIXES = (".safetensors", ".pdparams")

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ernie_paddle.checkpoint import open_checkpoint
-
-from .plan import analyse
-from .schema import expected_paddle_tensors
+from converters.plan import analyse
+from converters.schema import expected_paddle_tensors
+from ernie_paddle.io.checkpoint import open_checkpoint
 
 _EXPERT = ".mlp.experts."
 

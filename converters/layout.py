@@ -14,7 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ernie_paddle.config import ErnieConfig
+from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
 
 # Ops (Paddle side <-> HF side)
@@ -239,13 +239,13 @@ def is_fp32_key(key: str) -> bool:
 
 def iter_paddle_tensors(ckpt, dtype: str = "keep"):
     """(Paddle key, array) for a checkpoint in either layout, mapped on the fly one group at a time."""
-    from .plan import iter_tensors
+    from converters.plan import iter_tensors
 
     return iter_tensors(ckpt, "paddle", dtype)
 
 
 def iter_hf_tensors(ckpt, dtype: str = "keep"):
     """(HF key, array) for a checkpoint in either layout, mapped on the fly one group at a time."""
-    from .plan import iter_tensors
+    from converters.plan import iter_tensors
 
     return iter_tensors(ckpt, "hf", dtype)

@@ -15,11 +15,10 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 
-from ernie_paddle.config import ErnieConfig
-from ernie_paddle.vl_config import moe_layers, pair, vision_spec
-
-from .layout import COPY, TEXT_RULES, Rule, T, _compile
-from .schema import Expected, _linear, _mlp, expected_paddle_tensors
+from converters.layout import COPY, TEXT_RULES, Rule, T, _compile
+from converters.schema import Expected, _linear, _mlp, expected_paddle_tensors
+from ernie_paddle.config.text import ErnieConfig
+from ernie_paddle.config.vl import moe_layers, pair, vision_spec
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ernie_paddle.checkpoint import open_checkpoint
+from converters.layout import iter_hf_tensors
 from ernie_paddle.errors import ErnieError
-
-from .layout import iter_hf_tensors
+from ernie_paddle.io.checkpoint import open_checkpoint
 
 DEFAULT_ATOL = 1e-4
 
@@ -120,8 +119,8 @@ def run_parity(model_dir, reference_dir=None, prompts=None, max_new_tokens: int 
     ``runtime``: an already loaded runtime of ``model_dir`` to use instead of loading one (e.g. a
     tensor-parallel rank's, fp32 on the CPU).
     """
-    from ernie_paddle.generation import pad_batch
-    from ernie_paddle.loading import load
+    from ernie_paddle.runtime.generation import pad_batch
+    from ernie_paddle.runtime.loading import load
 
     ours = runtime or load(model_dir, dtype="float32", device="cpu", engine=engine)
     ref = load_reference(model_dir, reference_dir)

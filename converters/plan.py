@@ -11,15 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ernie_paddle.checkpoint import Checkpoint
-from ernie_paddle.config import HF, PADDLE
-from ernie_paddle.dtypes import BY_CODE, BY_NAME, code_of
+from converters import layout
+from converters.layout_vl import rules_for
+from converters.schema import Expected, expected_paddle_tensors, mtp_layers_in
+from ernie_paddle.config.text import HF, PADDLE
 from ernie_paddle.errors import ErnieError
-from ernie_paddle.shard_writer import OutSpec
-
-from . import layout
-from .layout_vl import rules_for
-from .schema import Expected, expected_paddle_tensors, mtp_layers_in
+from ernie_paddle.io.checkpoint import Checkpoint
+from ernie_paddle.io.dtypes import BY_CODE, BY_NAME, code_of
+from ernie_paddle.io.shard_writer import OutSpec
 
 FLOAT_CODES = ("BF16", "F16", "F32")
 

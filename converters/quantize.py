@@ -11,15 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ernie_paddle.checkpoint import open_checkpoint
-from ernie_paddle.config import PADDLE
+from converters import layout
+from converters.convert import check_paths, copy_side_files
+from converters.plan import plan
+from ernie_paddle.config.text import PADDLE
 from ernie_paddle.errors import ErnieError
+from ernie_paddle.io.checkpoint import open_checkpoint
+from ernie_paddle.io.shard_writer import ShardAccumulator, atomic_folder
 from ernie_paddle.progress import progress_bar
-from ernie_paddle.shard_writer import ShardAccumulator, atomic_folder
-
-from . import layout
-from .convert import check_paths, copy_side_files
-from .plan import plan
 
 METHODS = ("wint8", "wint4", "fp8")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ernie_paddle.config import ErnieConfig
+from ernie_paddle.config.text import ErnieConfig
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def _block(out: dict, cfg: ErnieConfig, prefix: str, moe: bool) -> None:
 def expected_paddle_tensors(cfg: ErnieConfig, mtp_layers: int | None = None) -> dict[str, Expected]:
     """Every Paddle key the config implies. ``mtp_layers`` overrides the config's MTP count."""
     if cfg.family == "vl":
-        from .layout_vl import expected_vl_tensors
+        from converters.layout_vl import expected_vl_tensors
 
         return expected_vl_tensors(cfg)
     h, v = cfg.hidden_size, cfg.vocab_size

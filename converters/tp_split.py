@@ -17,15 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ernie_paddle.checkpoint import open_checkpoint
-from ernie_paddle.config import PADDLE, ErnieConfig
-from ernie_paddle.dtypes import BY_CODE
+from converters.convert import check_paths, copy_side_files
+from converters.plan import plan
+from ernie_paddle.config.text import PADDLE, ErnieConfig
 from ernie_paddle.errors import ErnieError
+from ernie_paddle.io.checkpoint import open_checkpoint
+from ernie_paddle.io.dtypes import BY_CODE
+from ernie_paddle.io.shard_writer import OutSpec, ShardedWriter, atomic_folder, plan_shards, write_tensors
 from ernie_paddle.progress import progress_bar
-from ernie_paddle.shard_writer import OutSpec, ShardedWriter, atomic_folder, plan_shards, write_tensors
-
-from .convert import check_paths, copy_side_files
-from .plan import plan
 
 MANIFEST = "tp_split.json"
 _COLUMN = re.compile(r"\.(self_attn\.qkv_proj|up_gate_proj)\.")

@@ -2,14 +2,14 @@
 
 __version__ = "0.1.0"
 
-from .config import ErnieConfig  # noqa: E402
-from .errors import ErnieError  # noqa: E402
+from ernie_paddle.config.text import ErnieConfig  # noqa: E402
+from ernie_paddle.errors import ErnieError  # noqa: E402
 
 __all__ = ["ErnieConfig", "ErnieError", "__version__", "load"]
 
 
 def load(path, dtype=None, device=None, **kwargs):
     """Load a Paddle, HF or exported folder; returns a model with ``logits`` and ``generate``."""
-    from .loading import load as _load
+    from ernie_paddle.runtime.loading import load as _load
 
     return _load(path, dtype=dtype, device=device, **kwargs)

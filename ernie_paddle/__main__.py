@@ -1,5 +1,5 @@
 """``python -m ernie_paddle`` runs the CLI."""
 
-from .cli import main
+from ernie_paddle.cli import main
 
 main()

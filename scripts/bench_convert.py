@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from converters.plan import plan
-from ernie_paddle.checkpoint import open_checkpoint
-from ernie_paddle.config import ErnieConfig
-from ernie_paddle.dtypes import BY_CODE
+from ernie_paddle.config.text import ErnieConfig
+from ernie_paddle.io.checkpoint import open_checkpoint
+from ernie_paddle.io.dtypes import BY_CODE
+from ernie_paddle.io.shard_writer import OutSpec, ShardedWriter, plan_shards
 from ernie_paddle.progress import progress_bar
-from ernie_paddle.shard_writer import OutSpec, ShardedWriter, plan_shards
 
 MB = 1024 * 1024
 

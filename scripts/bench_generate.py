@@ -38,7 +38,7 @@ def log(msg: str, quiet: bool) -> None:
 
 
 def make_model(folder: Path, quiet: bool) -> Path:
-    from ernie_paddle.demo_models import make_tiny_hf_checkpoint
+    from ernie_paddle.devkit.demo_models import make_tiny_hf_checkpoint
 
     if not (folder / "config.json").exists():
         log(f"writing a random 0.3B-shaped checkpoint to {folder} ...", quiet)
@@ -52,7 +52,7 @@ class Ours:
     name = "ernie-paddle"
 
     def __init__(self, folder: Path):
-        from ernie_paddle.loading import load
+        from ernie_paddle.runtime.loading import load
 
         self.rt = load(folder, device="cpu")
 
@@ -169,13 +169,13 @@ def main(argv=None) -> int:
 
     shapes = [s.strip().lower() for s in args.shapes.split(",") if s.strip()]
 
-    from ernie_paddle.loading import available_cores
+    from ernie_paddle.runtime.loading import available_cores
 
     threads = available_cores()
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="bench03b-") as tmp:
         folder = make_model(args.model or Path(tmp) / "model", args.quiet)
-        from ernie_paddle.config import ErnieConfig
+        from ernie_paddle.config.text import ErnieConfig
 
         vocab = ErnieConfig.from_file(folder).vocab_size
         prompts = {b: rng.integers(3, vocab, size=(b, args.prompt_len)).astype(np.int64)

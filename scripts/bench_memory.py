@@ -59,10 +59,10 @@ def make_model(folder: Path, quiet: bool, seed: int = 0) -> Path:
     import ml_dtypes
     import paddle
 
-    from ernie_paddle.config import ErnieConfig
-    from ernie_paddle.loading import build_model
-    from ernie_paddle.presets import PRESETS
-    from ernie_paddle.shard_writer import write_tensors
+    from ernie_paddle.config.presets import PRESETS
+    from ernie_paddle.config.text import ErnieConfig
+    from ernie_paddle.io.shard_writer import write_tensors
+    from ernie_paddle.runtime.loading import build_model
 
     log(f"writing a random 0.3B-shaped checkpoint to {folder} ...", quiet)
     cfg = ErnieConfig.from_dict(PRESETS["0.3B"])
@@ -89,8 +89,8 @@ def child(folder: str, variant: str, new_tokens: int, prompt_len: int) -> dict:
     import paddle
 
     import ernie_paddle
-    from ernie_paddle.model.layers import Linear
-    from ernie_paddle.model.quantized import RuntimeQuantLinear, _kernels
+    from ernie_paddle.models.layers import Linear
+    from ernie_paddle.models.quantized import RuntimeQuantLinear, _kernels
 
     paddle.set_device("cpu")
     before, _ = _rss()

@@ -61,7 +61,7 @@ def weight_bytes_per_token(config, itemsize: int = 4) -> int:
 
 
 def make_moe_model(folder: Path, log) -> Path:
-    from ernie_paddle.demo_models import make_tiny_hf_checkpoint
+    from ernie_paddle.devkit.demo_models import make_tiny_hf_checkpoint
 
     if not (folder / "config.json").exists():
         log(f"writing a random MoE-shaped checkpoint (bf16) to {folder} ...")
@@ -75,10 +75,10 @@ class Predictor:
     name = "predictor"
 
     def __init__(self, folder: Path, workdir: Path):
-        from ernie_paddle.loading import load
-        from ernie_paddle.predictor import checkpoint_digest, export, is_export_folder
-        from ernie_paddle.predictor.manifest import read_manifest
-        from ernie_paddle.predictor.program import PROGRAM_VERSION
+        from ernie_paddle.runtime.loading import load
+        from ernie_paddle.runtime.predictor import checkpoint_digest, export, is_export_folder
+        from ernie_paddle.runtime.predictor.manifest import read_manifest
+        from ernie_paddle.runtime.predictor.program import PROGRAM_VERSION
 
         out = workdir / f"{folder.name}-export"
         digest = checkpoint_digest(folder)
@@ -215,7 +215,7 @@ def ratios_for(results: dict, ceiling: float) -> dict:
 
 
 def shape_info(folder: Path, bandwidth: float) -> dict:
-    from ernie_paddle.config import ErnieConfig
+    from ernie_paddle.config.text import ErnieConfig
 
     config = ErnieConfig.from_file(folder)
     per_token = weight_bytes_per_token(config)

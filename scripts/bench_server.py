@@ -26,9 +26,9 @@ import numpy as np
 
 
 def bench_model(small: bool) -> Path:
-    from ernie_paddle.demo_models import make_tiny_hf_checkpoint
-    from ernie_paddle.presets import PRESETS
-    from ernie_paddle.tokenizer_files import write_demo_tokenizer
+    from ernie_paddle.config.presets import PRESETS
+    from ernie_paddle.devkit.demo_models import make_tiny_hf_checkpoint
+    from ernie_paddle.devkit.tokenizer_files import write_demo_tokenizer
 
     root = Path(os.environ.get("ERNIE_PADDLE_HOME") or Path.home() / ".cache" / "ernie-paddle") / "bench"
     folder = root / ("tiny-dense" if small else "ernie-0.3b-shaped")
@@ -104,7 +104,7 @@ def main() -> None:
     import logging
 
     import ernie_paddle
-    from ernie_paddle.tokenizer import ErnieTokenizer
+    from ernie_paddle.tokenizer.ernie_tokenizer import ErnieTokenizer
 
     model = args.model or bench_model(args.small)
     port = free_port()

@@ -2,7 +2,7 @@
 """Greedy decode speed with and without MTP speculative decoding on the same weights (fp32, CPU, batch 1).
 
 A checkpoint with an MTP layer uses it as shipped. One without (like the random 0.3B-shaped benchmark
-model) gets an MTP layer fitted to the main model by least squares (``ernie_paddle.mtp_fit``) on greedy
+model) gets an MTP layer fitted to the main model by least squares (``ernie_paddle.devkit.mtp_fit``) on greedy
 continuations of random prompts, so the acceptance rate is that of a fitted, not a trained, draft layer.
 Both variants are timed end to end (prefill included) on the same prompt, alternating, median of repeats.
 
@@ -36,9 +36,9 @@ def runtime_with_mtp(folder: Path, quiet: bool = False, fit_prompts: int = 16, f
     """(runtime, how the MTP layer came to be) for ``folder``; fits one when the checkpoint has none."""
     import paddle
 
-    from ernie_paddle.loading import build_model, load
-    from ernie_paddle.mtp_fit import fit_mtp
-    from ernie_paddle.speculative import has_mtp
+    from ernie_paddle.devkit.mtp_fit import fit_mtp
+    from ernie_paddle.runtime.loading import build_model, load
+    from ernie_paddle.runtime.speculative import has_mtp
 
     rt = load(folder, device="cpu", engine="dygraph")
     if has_mtp(rt.model):
@@ -117,9 +117,9 @@ def tiny_demo(quiet: bool, new_tokens: int, drafts: list[int], repeats: int) -> 
     MTP layer fitted to it (see tests/test_speculative.py)."""
     import tempfile
 
-    from ernie_paddle.demo_models import make_tiny_hf_checkpoint
-    from ernie_paddle.loading import load
-    from ernie_paddle.mtp_fit import damp_main_layers, fit_mtp
+    from ernie_paddle.devkit.demo_models import make_tiny_hf_checkpoint
+    from ernie_paddle.devkit.mtp_fit import damp_main_layers, fit_mtp
+    from ernie_paddle.runtime.loading import load
 
     with tempfile.TemporaryDirectory(prefix="bench-spec-") as tmp:
         rt = load(make_tiny_hf_checkpoint(Path(tmp) / "m", "moe", mtp=1, num_hidden_layers=2, bias_scale=0.1),

@@ -45,12 +45,12 @@ def worker(model: str, tokens: int, tp: int, moe: str, out: str) -> None:
 
     start = time.perf_counter()
     if tp > 1:
-        from ernie_paddle.distributed import load
+        from ernie_paddle.runtime.distributed import load
 
         rt = load(model, moe=moe)
         rank = rt.comm.rank
     else:
-        from ernie_paddle.loading import load
+        from ernie_paddle.runtime.loading import load
 
         rt, rank = load(model, device="cpu", engine="dygraph"), 0
     load_s = time.perf_counter() - start
@@ -106,7 +106,7 @@ def main() -> None:
         work = Path(tmp)
         model = args.model
         if model is None:
-            from ernie_paddle.demo_models import make_tiny_hf_checkpoint
+            from ernie_paddle.devkit.demo_models import make_tiny_hf_checkpoint
 
             print("writing a random 0.3B-shaped bf16 checkpoint ...", file=sys.stderr, flush=True)
             model = make_tiny_hf_checkpoint(work / "model", "dense", seed=0, dtype="bfloat16", tokenizer=False,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ernie_paddle.demo_models import make_tiny_hf_checkpoint
+from ernie_paddle.devkit.demo_models import make_tiny_hf_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ Use them from a test module with ``pytest_plugins = ("fixtures_models",)``.
 import pytest
 
 from converters.convert import convert
-from ernie_paddle.demo_models import make_tiny_hf_checkpoint
+from ernie_paddle.devkit.demo_models import make_tiny_hf_checkpoint
 
 # name -> make_tiny_hf_checkpoint arguments. MoE: shared experts, MoE layers 1 and 3 (start 1, interval 2).
 VARIANTS = {  # initializer_range 0.1: varied greedy text, fp32 noise well under 1e-5
@@ -38,7 +38,7 @@ def model_pair(tmp_path_factory):
 @pytest.fixture(scope="session")
 def runtime(model_pair):
     """Factory: runtime(name, fmt="paddle") -> a loaded ErnieRuntime, cached per session."""
-    from ernie_paddle.loading import load
+    from ernie_paddle.runtime.loading import load
 
     loaded = {}
 

@@ -10,7 +10,7 @@ from helpers import run_cli
 from safetensors.numpy import load_file, save_file
 
 from converters.convert import convert
-from ernie_paddle.checkpoint import open_checkpoint
+from ernie_paddle.io.checkpoint import open_checkpoint
 
 VARIANTS = {
     "dense-tied-fp32": dict(kind="dense"),

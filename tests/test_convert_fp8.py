@@ -8,10 +8,10 @@ import pytest
 from helpers import run_cli
 
 from converters.convert import convert
-from ernie_paddle.checkpoint import open_checkpoint
-from ernie_paddle.config import ErnieConfig
+from ernie_paddle.config.text import ErnieConfig
+from ernie_paddle.io.checkpoint import open_checkpoint
+from ernie_paddle.io.shard_writer import write_tensors
 from ernie_paddle.quant import fp8
-from ernie_paddle.shard_writer import write_tensors
 
 FP8_DIMS = dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=1, head_dim=128,
                 intermediate_size=256, moe_intermediate_size=128, vocab_size=256)

@@ -1,17 +1,17 @@
-"""The compiled CPU operators of the predictor program (``cpu_ops.cc``) against numpy references."""
+"""The compiled CPU operators of the predictor program (``predictor_ops.cc``) against numpy references."""
 
 import numpy as np
 import paddle
 import pytest
 
-from ernie_paddle.predictor import cpu_ops
+from ernie_paddle.kernels import predictor_ops
 
 
 @pytest.fixture(scope="module")
 def ops():
-    module = cpu_ops.get()
+    module = predictor_ops.get()
     if module is None:  # the predictor then exports Paddle's own operators (tests/test_predictor.py)
-        pytest.skip(f"no compiled operators on this host: {cpu_ops.build_error()}")
+        pytest.skip(f"no compiled operators on this host: {predictor_ops.build_error()}")
     return module
 
 

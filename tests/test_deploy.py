@@ -18,7 +18,8 @@ from dockerfile_parse import DockerfileParser
 from yamllint import config as yl_config
 from yamllint import linter
 
-from ernie_paddle.deploy_render import (
+from ernie_paddle.config.presets import preset_config
+from ernie_paddle.planning.deploy import (
     HEALTH,
     KEYS_FILE,
     LAUNCHER,
@@ -29,8 +30,7 @@ from ernie_paddle.deploy_render import (
     render,
     to_yaml,
 )
-from ernie_paddle.memory import plan
-from ernie_paddle.presets import preset_config
+from ernie_paddle.planning.memory import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "scripts" / "deploy"

@@ -14,10 +14,10 @@ import pytest
 
 from converters.convert import convert
 from converters.tp_split import split
-from ernie_paddle.checkpoint import open_checkpoint
-from ernie_paddle.distributed import launcher, runinfo
-from ernie_paddle.distributed.loading import rank_slice
-from ernie_paddle.distributed.model import TPPlan
+from ernie_paddle.io.checkpoint import open_checkpoint
+from ernie_paddle.runtime.distributed import launcher, runinfo
+from ernie_paddle.runtime.distributed.loading import rank_slice
+from ernie_paddle.runtime.distributed.model import TPPlan
 
 JOB = Path(__file__).with_name("tp_job.py")
 PROMPTS = [[5, 9, 100, 7, 33, 250], [8, 1000, 3]]
@@ -36,8 +36,8 @@ def models(tiny_ckpts, tmp_path_factory):
 
 
 def _single(folder):
-    from ernie_paddle.generation import pad_batch
-    from ernie_paddle.loading import load
+    from ernie_paddle.runtime.generation import pad_batch
+    from ernie_paddle.runtime.loading import load
 
     rt = load(folder, engine="dygraph")
     ids, mask = pad_batch(PROMPTS)
@@ -80,8 +80,8 @@ def test_tp2_quantization_on_load(models, tmp_path):
     greedily the same; each rank holds part of the quantized bytes."""
     from tp_job import state_bytes
 
-    from ernie_paddle.generation import pad_batch
-    from ernie_paddle.loading import load
+    from ernie_paddle.runtime.generation import pad_batch
+    from ernie_paddle.runtime.loading import load
 
     cases = {"dense_wint8": (models["dense"], "tp", "wint8"), "moe_ep_wint8": (models["moe"], "ep", "wint8"),
              "moe_fp8": (models["moe"], "tp", "fp8")}
@@ -114,7 +114,7 @@ def test_slicing_on_load_equals_converter_split(models):
 
 
 def test_expert_partition_and_names():
-    from ernie_paddle.config import ErnieConfig
+    from ernie_paddle.config.text import ErnieConfig
 
     cfg = ErnieConfig(family="moe", moe_num_experts=6, moe_k=2, moe_intermediate_size=64)
     plans = [TPPlan(4, r, "ep") for r in range(4)]
@@ -162,7 +162,7 @@ def test_diagnose_stopped_job(tmp_path):
 
 
 def test_cli_generate_tp2_matches_single(models):
-    from ernie_paddle.loading import load
+    from ernie_paddle.runtime.loading import load
 
     args = ["--prompt-ids", "5,9,100,7,33,250", "--prompt-ids", "8,1000,3", "--max-new-tokens", "6",
             "--stop-ids", ""]

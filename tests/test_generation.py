@@ -9,8 +9,8 @@ import pytest
 from helpers import run_cli
 
 from ernie_paddle.errors import ErnieError
-from ernie_paddle.generation import apply_repetition_penalty, filter_logits, read_prompts_file
-from ernie_paddle.loading import load
+from ernie_paddle.runtime.generation import apply_repetition_penalty, filter_logits, read_prompts_file
+from ernie_paddle.runtime.loading import load
 
 pytest_plugins = ("fixtures_models",)  # model_pair, runtime
 
@@ -64,7 +64,7 @@ def test_left_padded_batch_equals_single_prompts(runtime, name):
 
 
 def _padded(prompts):
-    from ernie_paddle.generation import pad_batch
+    from ernie_paddle.runtime.generation import pad_batch
 
     return pad_batch(prompts)
 

@@ -8,10 +8,10 @@ import textwrap
 import pytest
 from helpers import run_cli
 
-from ernie_paddle.config import ErnieConfig
+from ernie_paddle.config.presets import PRESETS, preset_config, preset_name
+from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
-from ernie_paddle.memory import CPU_RUNTIME_BYTES, GiB, linear_bytes, plan, scheme_for
-from ernie_paddle.presets import PRESETS, preset_config, preset_name
+from ernie_paddle.planning.memory import CPU_RUNTIME_BYTES, GiB, linear_bytes, plan, scheme_for
 
 V = 103424
 
@@ -185,8 +185,8 @@ _RSS_CHILD = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def rss_models(tmp_path_factory):
-    pytest.importorskip("ernie_paddle.loading", reason="the runtime (ernie_paddle.loading) is not there yet")
-    from ernie_paddle.demo_models import make_tiny_hf_checkpoint
+    pytest.importorskip("ernie_paddle.runtime.loading", reason="the runtime (ernie_paddle.runtime.loading) is not there yet")
+    from ernie_paddle.devkit.demo_models import make_tiny_hf_checkpoint
 
     root = tmp_path_factory.mktemp("rss")
     shape = {k: PRESETS["0.3B"][k] for k in ("vocab_size", "hidden_size", "intermediate_size",

@@ -9,8 +9,8 @@ from safetensors.numpy import load_file, save_file
 
 from converters.layout import iter_paddle_tensors
 from converters.parity import run_parity
-from ernie_paddle.checkpoint import open_checkpoint
-from ernie_paddle.model.moe import SparseMoE, route
+from ernie_paddle.io.checkpoint import open_checkpoint
+from ernie_paddle.models.moe import SparseMoE, route
 
 PROMPTS = [[5, 17, 300, 42, 9, 77, 1000], [11, 12], [900, 3, 250, 640, 128]]
 STEPS = 64
@@ -171,7 +171,7 @@ def test_parity_cli_exit_codes_and_json(model_pair, tmp_path):
 @pytest.mark.slow
 def test_parity_03b_shaped_random_model(tmp_path):
     """Same thresholds on a random model with the 0.3B shapes (hidden 1024, 18 layers, 16/2 heads, hd 128)."""
-    from ernie_paddle.demo_models import make_tiny_hf_checkpoint
+    from ernie_paddle.devkit.demo_models import make_tiny_hf_checkpoint
 
     folder = make_tiny_hf_checkpoint(tmp_path / "03b", "dense", hidden_size=1024, num_hidden_layers=18,
                                      num_attention_heads=16, num_key_value_heads=2, head_dim=128,

@@ -5,9 +5,9 @@ import socket
 
 import pytest
 
+from ernie_paddle.config.presets import PRESETS
 from ernie_paddle.errors import ErnieError
-from ernie_paddle.model_ref import hub_cache_dir, load_config, resolve
-from ernie_paddle.presets import PRESETS
+from ernie_paddle.planning.model_ref import hub_cache_dir, load_config, resolve
 
 REPO = "baidu/ERNIE-4.5-0.3B-PT"
 COMMIT = "a" * 40

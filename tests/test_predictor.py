@@ -11,16 +11,16 @@ import pytest
 from helpers import run_cli
 
 from ernie_paddle.errors import ErnieError
-from ernie_paddle.generation import pad_batch
-from ernie_paddle.loading import load
-from ernie_paddle.predictor import (
+from ernie_paddle.runtime.generation import pad_batch
+from ernie_paddle.runtime.loading import load
+from ernie_paddle.runtime.predictor import (
     PredictorRuntime,
     checkpoint_digest,
     export,
     resolve_engine,
     supports,
 )
-from ernie_paddle.predictor.engine import PredictorEngine
+from ernie_paddle.runtime.predictor.engine import PredictorEngine
 from ernie_paddle.server.engine import EagerEngine
 
 pytest_plugins = ("fixtures_models",)  # model_pair, runtime
@@ -134,14 +134,14 @@ def test_moe_program_runs_only_chosen_experts(exported, runtime, tmp_path, monke
     experts). Paddle's own operators: each routed expert is a conditional block (run only when a token
     selected it), its matmuls nested; the top level holds only dense, attention, router and shared
     matmuls. Both programs give the same logits."""
-    from ernie_paddle.predictor import cpu_ops
+    from ernie_paddle.kernels import predictor_ops
 
     config = runtime("moe-tied").config
     moe_layers, dense_layers = len(config.moe_layers), config.num_hidden_layers - len(config.moe_layers)
     native = exported("moe-tied")
-    if cpu_ops.get() is None:  # no compiler here: the export fell back to Paddle's own operators
+    if predictor_ops.get() is None:  # no compiler here: the export fell back to Paddle's own operators
         assert json.loads((native / "manifest.json").read_text())["program"]["ops"] == "paddle"
-        pytest.skip(f"no compiled operators on this host: {cpu_ops.build_error()}")
+        pytest.skip(f"no compiled operators on this host: {predictor_ops.build_error()}")
     assert json.loads((native / "manifest.json").read_text())["program"]["ops"] == "native"
     top, nested = _op_counts(native / "step.json")
     custom = {name.split(".")[-1]: n for name, n in top.items() if "ernie_" in name}  # "<dialect id>.ernie_..."
@@ -151,12 +151,12 @@ def test_moe_program_runs_only_chosen_experts(exported, runtime, tmp_path, monke
     assert custom["ernie_linear"] + custom["ernie_linear_add"] == linears
     assert custom["ernie_linear_add"] == config.num_hidden_layers + dense_layers + moe_layers
     monkeypatch.setenv("ERNIE_PADDLE_NATIVE_OPS", "0")
-    cpu_ops.reset()
+    predictor_ops.reset()
     try:
         plain = export(runtime("moe-tied").folder, tmp_path / "plain", max_seq_len=64, max_batch=2)
     finally:
         monkeypatch.delenv("ERNIE_PADDLE_NATIVE_OPS")
-        cpu_ops.reset()
+        predictor_ops.reset()
     assert json.loads((plain / "manifest.json").read_text())["program"]["ops"] == "paddle"
     top, nested = _op_counts(plain / "step.json")
     assert top["1.if"] == moe_layers * config.moe_num_experts
@@ -221,7 +221,7 @@ def test_export_cache_keyed_by_digest(model_pair, monkeypatch, tmp_path):
     digest = checkpoint_digest(hf)
     (folder,) = (tmp_path / "exports").glob(f"{digest[:24]}-float32-*")
     assert rt.folder == folder and rt.manifest["source"]["digest"] == digest
-    export_mod = importlib.import_module("ernie_paddle.predictor.export")
+    export_mod = importlib.import_module("ernie_paddle.runtime.predictor.export")
     monkeypatch.setattr(export_mod, "export", lambda *a, **k: pytest.fail("re-exported a cached checkpoint"))
     again = load(hf, engine="predictor")
     assert np.array_equal(again.logits([PROMPTS[1]]), rt.logits([PROMPTS[1]]))

@@ -16,13 +16,13 @@ from helpers import run_cli
 import ernie_paddle
 from converters.convert import convert
 from converters.quantize import quantize
-from ernie_paddle.checkpoint import open_checkpoint
 from ernie_paddle.cli import main as cli_main
 from ernie_paddle.errors import ErnieError
-from ernie_paddle.model.quantized import RuntimeQuantLinear
+from ernie_paddle.io.checkpoint import open_checkpoint
+from ernie_paddle.io.shard_writer import write_tensors
+from ernie_paddle.models.quantized import RuntimeQuantLinear
 from ernie_paddle.quant import wint2
 from ernie_paddle.quant.linear import dequantize_weight, quantize_weight
-from ernie_paddle.shard_writer import write_tensors
 
 METHODS = ("wint8", "wint4", "fp8")
 SUFFIXES = ("quant_weight", "weight_scale", "super_scales", "code_scale", "code_zp")
@@ -319,13 +319,14 @@ def test_runtime_layer_matches_reference_on_every_path(monkeypatch, method, path
     shape with partial row blocks and (fp8) partial 128x128 scale blocks on both axes."""
     import paddle
 
-    from ernie_paddle.model import quantized as qmod
-    from ernie_paddle.quant import cpu_kernels, weight_only
+    from ernie_paddle.kernels import quant_ops
+    from ernie_paddle.models import quantized as qmod
+    from ernie_paddle.quant import weight_only
 
     if path == "paddle-ops":
         monkeypatch.setattr(qmod, "_kernels", lambda: None)
-    elif cpu_kernels.get() is None:
-        pytest.skip(f"no compiled kernels here: {cpu_kernels.build_error()}")
+    elif quant_ops.get() is None:
+        pytest.skip(f"no compiled kernels here: {quant_ops.build_error()}")
     monkeypatch.setattr(qmod, "BLOCK_ELEMS", 128 * 200)  # row blocks of 128 (wint4: 256) -> 3 (2) blocks
     k, n = 320, 200
     rng = np.random.default_rng(11)

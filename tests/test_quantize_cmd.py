@@ -5,7 +5,7 @@ import pytest
 from helpers import run_cli
 
 from converters.convert import convert
-from ernie_paddle.checkpoint import open_checkpoint
+from ernie_paddle.io.checkpoint import open_checkpoint
 from ernie_paddle.quant.config import read
 from ernie_paddle.quant.linear import dequantize_weight
 

@@ -6,9 +6,10 @@ import random
 import pytest
 import sentencepiece as spm
 
+from ernie_paddle.devkit.tokenizer_files import write_demo_tokenizer
 from ernie_paddle.errors import ErnieError
-from ernie_paddle.tokenizer import ErnieTokenizer, IncrementalDetokenizer
-from ernie_paddle.tokenizer_files import CHAT_TEMPLATE, write_demo_tokenizer
+from ernie_paddle.tokenizer.chat_template import CHAT_TEMPLATE
+from ernie_paddle.tokenizer.ernie_tokenizer import ErnieTokenizer, IncrementalDetokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -5,7 +5,7 @@ import pytest
 from helpers import run_cli, tree_digest
 
 from converters.convert import convert
-from ernie_paddle.checkpoint import open_checkpoint
+from ernie_paddle.io.checkpoint import open_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,8 @@ def test_split_merge_fp8_and_wint2(tiny_ckpts, tmp_path):
     from test_convert_fp8 import FP8_DIMS, _quantize_folder
 
     from converters.tp_split import merge, split
+    from ernie_paddle.io.shard_writer import write_tensors
     from ernie_paddle.quant import wint2
-    from ernie_paddle.shard_writer import write_tensors
 
     hf = tiny_ckpts("moe-fp8dims-tp", "moe", **{**FP8_DIMS, "num_attention_heads": 2, "num_key_value_heads": 2,
                                                "moe_intermediate_size": 256})

@@ -12,13 +12,13 @@ from safetensors.numpy import load_file, save_file
 
 from converters.convert import convert
 from converters.layout_vl import expected_vl_tensors
-from ernie_paddle.checkpoint import open_checkpoint
-from ernie_paddle.config import ErnieConfig
+from ernie_paddle.config.text import ErnieConfig
+from ernie_paddle.devkit.vl_demo import BASE_VOCAB, make_tiny_vl_checkpoint, token_ids
 from ernie_paddle.errors import ErnieError
-from ernie_paddle.tokenizer import ErnieTokenizer
-from ernie_paddle.vl_demo import BASE_VOCAB, make_tiny_vl_checkpoint, token_ids
-from ernie_paddle.vl_preprocess import ImageOptions, load_image, preprocess_images
-from ernie_paddle.vl_prompt import (
+from ernie_paddle.io.checkpoint import open_checkpoint
+from ernie_paddle.tokenizer.ernie_tokenizer import ErnieTokenizer
+from ernie_paddle.tokenizer.image_preprocess import ImageOptions, load_image, preprocess_images
+from ernie_paddle.tokenizer.vl_prompt import (
     VL_CHAT_TEMPLATE,
     VLInputs,
     build_inputs,
@@ -55,7 +55,7 @@ def ref_model(folders):
 
 @pytest.fixture(scope="module")
 def runtime(folders):
-    from ernie_paddle.vl_runtime import load_vl
+    from ernie_paddle.runtime.vl import load_vl
 
     return load_vl(folders["paddle"], device="cpu")
 
@@ -218,7 +218,7 @@ def test_text_only_logits_match_transformers(runtime, ref_model):
 
 
 def test_hf_folder_loads_to_the_same_model(folders, runtime, dense_hf):
-    from ernie_paddle.vl_runtime import load_vl
+    from ernie_paddle.runtime.vl import load_vl
 
     inputs = _two_image_inputs()
     assert np.array_equal(load_vl(folders["hf"], device="cpu").logits(inputs), runtime.logits(inputs))

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from ernie_paddle.distributed import get_comm, load
+from ernie_paddle.runtime.distributed import get_comm, load
 
 PROMPTS = [[5, 9, 100, 7, 33, 250], [8, 1000, 3]]
 
@@ -35,7 +35,7 @@ def state_bytes(model) -> int:
 
 
 def _padded():
-    from ernie_paddle.generation import pad_batch
+    from ernie_paddle.runtime.generation import pad_batch
 
     ids, mask = pad_batch(PROMPTS)
     return ids, mask

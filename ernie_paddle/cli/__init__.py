@@ -2,7 +2,7 @@
 
 import click
 
-from ._common import run_guarded
+from ernie_paddle.cli._common import run_guarded
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -12,7 +12,7 @@ def cli():
 
 
 def _register():
-    from . import (
+    from ernie_paddle.cli import (
         chat_cmd,
         convert_cmd,
         demo_cmd,

@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from ..errors import ErnieError
+from ernie_paddle.errors import ErnieError
 
 
 def run_guarded(group: click.Group, argv=None) -> int:

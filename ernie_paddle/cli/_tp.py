@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from ..errors import ErnieError
+from ernie_paddle.errors import ErnieError
 
 
 def tp_options(f):
@@ -47,7 +47,7 @@ def _command_line(ctx: click.Context) -> list[str]:
 
 def run_distributed(tp: int, nnodes: int, master: str | None, engine: str | None = None) -> bool:
     """True when this process should load a tensor-parallel model; re-launches (and exits) when needed."""
-    from ..distributed.runinfo import launched_world
+    from ernie_paddle.runtime.distributed.runinfo import launched_world
 
     if tp == 1:
         return False
@@ -67,12 +67,11 @@ def run_distributed(tp: int, nnodes: int, master: str | None, engine: str | None
         from pathlib import Path
 
         from converters.tp_split import MANIFEST
-
-        from ..checkpoint import open_checkpoint
+        from ernie_paddle.io.checkpoint import open_checkpoint
 
         if not (Path(model) / MANIFEST).is_file():
             open_checkpoint(model)
-    from ..distributed.launcher import relaunch
+    from ernie_paddle.runtime.distributed.launcher import relaunch
 
     code = relaunch(_command_line(click.get_current_context()), tp // nnodes, nnodes, master)
     raise click.exceptions.Exit(code)

@@ -11,7 +11,7 @@ COMMANDS = []
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary lines.")
 def demo(cache, quiet):
     """Make tiny ERNIE 4.5 checkpoints, convert them both ways, inspect, run and check parity."""
-    from ..demo import run_demo
+    from ernie_paddle.devkit.demo import run_demo
 
     ctx = run_demo(cache, echo=click.echo, quiet=True)
     click.echo(f"demo models are in {ctx.cache}")

@@ -24,7 +24,7 @@ COMMANDS = []
 def export(model, out, max_seq_len, max_batch, dtype, device, quantization, overwrite, quiet):
     """Export checkpoint MODEL (Paddle or HF folder) to OUT: the prefill/decode step program, its parameters,
     the normalized config, tokenizer and generation files, and a manifest with digests."""
-    from ..predictor import export as run
+    from ernie_paddle.runtime.predictor import export as run
 
     start = time.perf_counter()
     folder = run(model, out, max_seq_len=max_seq_len, max_batch=max_batch, dtype=dtype, device=device,

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import click
 
-from ..errors import ErnieError
-from ._tp import run_distributed, tp_options
+from ernie_paddle.cli._tp import run_distributed, tp_options
+from ernie_paddle.errors import ErnieError
 
 COMMANDS = []
 
@@ -23,7 +23,7 @@ def parse_ids(text: str) -> list[int]:
 def load_tokenizer(model: str):
     """The checkpoint's tokenizer; an ErnieError when the folder has none."""
     try:
-        from ..tokenizer import ErnieTokenizer
+        from ernie_paddle.tokenizer.ernie_tokenizer import ErnieTokenizer
     except ImportError:
         raise ErnieError("text prompts need a tokenizer, which this installation lacks; "
                          "pass --prompt-ids instead", model) from None
@@ -38,7 +38,7 @@ def collect_prompts(model, prompts, prompt_ids, prompts_file):
     if prompt_ids:
         return [parse_ids(p) for p in prompt_ids], None
     if prompts_file is not None:
-        from ..generation import read_prompts_file
+        from ernie_paddle.runtime.generation import read_prompts_file
 
         items = read_prompts_file(prompts_file)
     else:
@@ -90,7 +90,7 @@ def generate(model, prompts, prompt_ids, prompts_file, max_new_tokens, min_new_t
     Greedy unless --temperature, --top-p or --top-k is given. Token-id prompts print new token ids, one
     line per prompt; text prompts print the decoded text.
     """
-    from ..loading import load
+    from ernie_paddle.runtime.loading import load
 
     options = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature,
                    top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
@@ -99,7 +99,7 @@ def generate(model, prompts, prompt_ids, prompts_file, max_new_tokens, min_new_t
     if images:
         if len(prompts) != 1 or prompt_ids or prompts_file:
             raise click.UsageError("--image goes with exactly one --prompt")
-        from .vl_cmd import run_vl
+        from ernie_paddle.cli.vl_cmd import run_vl
 
         run_vl(model, prompts[0], images, {k: v for k, v in options.items() if v is not None}, stream,
                device, dtype)
@@ -117,7 +117,7 @@ def generate(model, prompts, prompt_ids, prompts_file, max_new_tokens, min_new_t
             raise click.UsageError("--quantization runs on the dygraph engine, not --engine predictor")
         engine = "dygraph"
     if run_distributed(tp, nnodes, master, engine):
-        from ..distributed import load as load_tp
+        from ernie_paddle.runtime.distributed import load as load_tp
 
         runtime = load_tp(model, moe=moe_parallel, dtype=dtype, device=device, quantization=quantization)
     else:

@@ -6,8 +6,8 @@ import json
 
 import click
 
-from ..memory import QUANTIZATIONS, plan, summary_lines
-from ..model_ref import default_quantization, load_config
+from ernie_paddle.planning.memory import QUANTIZATIONS, plan, summary_lines
+from ernie_paddle.planning.model_ref import default_quantization, load_config
 
 
 @click.command("memory")

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from ..errors import ErnieError
-from ._tp import run_distributed, tp_options
+from ernie_paddle.cli._tp import run_distributed, tp_options
+from ernie_paddle.errors import ErnieError
 
 COMMANDS = []
 
@@ -37,12 +37,12 @@ def parity(model, reference, prompts_file, max_new_tokens, json_out, atol, engin
                          f"{exc}") from None
     prompts = None
     if prompts_file is not None:
-        from .generate_cmd import collect_prompts
+        from ernie_paddle.cli.generate_cmd import collect_prompts
 
         prompts, _ = collect_prompts(model, (), (), prompts_file)
     runtime = None
     if run_distributed(tp, nnodes, master, engine):
-        from ..distributed import load as load_tp
+        from ernie_paddle.runtime.distributed import load as load_tp
 
         runtime = load_tp(model, moe=moe_parallel, dtype="float32", device="cpu")
     result = run_parity(model, reference, prompts, max_new_tokens=max_new_tokens, atol=atol, engine=engine,

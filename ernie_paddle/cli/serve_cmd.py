@@ -2,7 +2,7 @@
 
 import click
 
-from ._tp import run_distributed, tp_options
+from ernie_paddle.cli._tp import run_distributed, tp_options
 
 COMMANDS = []
 
@@ -47,8 +47,8 @@ def serve(model, host, port, api_keys_file, admin_keys_file, data_dir, model_nam
     """
     from pathlib import Path
 
-    from ..errors import ErnieError
-    from ..server import Settings, run_server
+    from ernie_paddle.errors import ErnieError
+    from ernie_paddle.server import Settings, run_server
 
     if not Path(model).is_dir():
         raise ErnieError("model folder does not exist", model)
@@ -62,7 +62,7 @@ def serve(model, host, port, api_keys_file, admin_keys_file, data_dir, model_nam
                         admin_keys_file=admin_keys_file, device=device, num_threads=threads,
                         engine=engine, speculative=speculative, num_draft=num_draft, image_dir=image_dir)
     if run_distributed(tp, nnodes, master, engine):
-        from ..server.tp import serve_tp
+        from ernie_paddle.server.tp import serve_tp
 
         serve_tp(settings, moe_parallel, host=host, port=port, log_level=log_level)
         return

@@ -16,8 +16,8 @@ def usage(data_dir, key_id, as_json):
     """Requests, prompt and completion tokens per API key."""
     from pathlib import Path
 
-    from ..errors import ErnieError
-    from ..server.usage import DB_NAME, UsageStore, default_data_dir
+    from ernie_paddle.errors import ErnieError
+    from ernie_paddle.server.usage import DB_NAME, UsageStore, default_data_dir
 
     folder = Path(data_dir) if data_dir else default_data_dir()
     if not (folder / DB_NAME).is_file():

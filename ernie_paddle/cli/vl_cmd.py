@@ -12,7 +12,7 @@ import click
 def run_vl(model: str, prompt: str, images, options: dict, stream: bool = False, device=None, dtype=None,
            echo=click.echo, enable_thinking: bool = False) -> str:
     """Generate with images from local paths or ``data:`` URLs; echo and return the decoded text."""
-    from ..vl_runtime import load_vl
+    from ernie_paddle.runtime.vl import load_vl
 
     runtime = load_vl(model, dtype=dtype, device=device)
     tok = runtime.tokenizer

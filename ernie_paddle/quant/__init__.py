@@ -4,7 +4,7 @@
 FP8 mapping helpers without importing paddle; ``linear`` (QuantLinear) is loaded on first use.
 """
 
-from .config import METHODS, QuantConfig, online, parse, read
+from ernie_paddle.quant.config import METHODS, QuantConfig, online, parse, read
 
 _LINEAR = ("QuantLinear", "compact", "dequantize_weight", "quantize_weight")
 __all__ = ["METHODS", "QuantConfig", "online", "parse", "read", *_LINEAR]
@@ -12,7 +12,7 @@ __all__ = ["METHODS", "QuantConfig", "online", "parse", "read", *_LINEAR]
 
 def __getattr__(name: str):
     if name in _LINEAR:
-        from . import linear
+        from ernie_paddle.quant import linear
 
         return getattr(linear, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

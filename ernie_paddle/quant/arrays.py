@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from ..errors import ErnieError
+from ernie_paddle.errors import ErnieError
 
 FLOATS = (np.float32, np.float16, np.float64, ml_dtypes.bfloat16)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ErnieError
+from ernie_paddle.errors import ErnieError
 
 METHODS = ("fp8", "wint8", "wint4", "wint2")
 _PADDLE_TYPES = {"block_wise_fp8": "fp8", "wint8": "wint8", "wint4": "wint4",

@@ -10,8 +10,8 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from ..errors import ErnieError
-from .arrays import FLOATS, float_matrix
+from ernie_paddle.errors import ErnieError
+from ernie_paddle.quant.arrays import FLOATS, float_matrix
 
 BLOCK = 128
 E4M3_MAX = 448.0

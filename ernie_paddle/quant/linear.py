@@ -11,9 +11,9 @@ import numpy as np
 import paddle
 from paddle import nn
 
-from ..errors import ErnieError
-from . import fp8, weight_only, wint2
-from .config import METHODS
+from ernie_paddle.errors import ErnieError
+from ernie_paddle.quant import fp8, weight_only, wint2
+from ernie_paddle.quant.config import METHODS
 
 _EXPECTED = {"fp8": ("quant_weight", "weight_scale"), "wint8": ("quant_weight", "weight_scale"),
              "wint4": ("quant_weight", "weight_scale"), "wint2": wint2.SUFFIXES}

@@ -15,8 +15,8 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from ..errors import ErnieError
-from .arrays import FLOATS, float_matrix
+from ernie_paddle.errors import ErnieError
+from ernie_paddle.quant.arrays import FLOATS, float_matrix
 
 BITS = {"wint8": 8, "wint4": 4}
 BOUND = {8: 127, 4: 7}

@@ -12,8 +12,8 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from ..errors import ErnieError
-from .arrays import FLOATS
+from ernie_paddle.errors import ErnieError
+from ernie_paddle.quant.arrays import FLOATS
 
 SHIFTS = (9, 6, 3, 0)
 GROUP = 64  # rows per local scale

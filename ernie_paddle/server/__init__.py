@@ -8,11 +8,11 @@ __all__ = ["Settings", "create_app", "run_server"]
 
 def __getattr__(name):
     if name in ("create_app", "run_server"):
-        from . import app
+        from ernie_paddle.server import app
 
         return getattr(app, name)
     if name == "Settings":
-        from .state import Settings
+        from ernie_paddle.server.state import Settings
 
         return Settings
     raise AttributeError(name)

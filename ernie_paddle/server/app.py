@@ -6,10 +6,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
-from .api_errors import install_error_handlers
-from .routes_openai import router as openai_router
-from .routes_ops import router as ops_router
-from .state import ServerState, Settings
+from ernie_paddle.server.api_errors import install_error_handlers
+from ernie_paddle.server.routes_openai import router as openai_router
+from ernie_paddle.server.routes_ops import router as ops_router
+from ernie_paddle.server.state import ServerState, Settings
 
 
 def create_app(settings: Settings, runtime=None, tokenizer=None, background_load: bool = True,

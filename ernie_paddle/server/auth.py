@@ -6,8 +6,8 @@ import hashlib
 import hmac
 from pathlib import Path
 
-from ..errors import ErnieError
-from .api_errors import APIError
+from ernie_paddle.errors import ErnieError
+from ernie_paddle.server.api_errors import APIError
 
 ANONYMOUS = "anonymous"
 

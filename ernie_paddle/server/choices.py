@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
-from .api_errors import APIError
-from .sampling import SamplingParams, TokenChoice
-from .scheduler import Sequence
-from .textstream import ChoiceText
+from ernie_paddle.server.api_errors import APIError
+from ernie_paddle.server.sampling import SamplingParams, TokenChoice
+from ernie_paddle.server.scheduler import Sequence
+from ernie_paddle.server.textstream import ChoiceText
 
 _BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 

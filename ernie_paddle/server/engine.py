@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import paddle
 
-from ..errors import ErnieError
-from ..generation import pad_batch
+from ernie_paddle.errors import ErnieError
+from ernie_paddle.runtime.generation import pad_batch
 
 
 def _left_pad(x: paddle.Tensor, extra: int, axis: int) -> paddle.Tensor:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ErnieError
-from .api_errors import APIError
+from ernie_paddle.errors import ErnieError
+from ernie_paddle.server.api_errors import APIError
 
 
 def image_urls(req) -> list[str]:
@@ -53,8 +53,8 @@ def vl_input(config, prompt):
     """``prompt`` (VL inputs, or token ids of a text-only prompt) as the VL runtime's ``stream`` takes it."""
     if not isinstance(prompt, list):
         return prompt
-    from ..vl_config import token_ids
-    from ..vl_prompt import VLInputs, modality_types
+    from ernie_paddle.config.vl import token_ids
+    from ernie_paddle.tokenizer.vl_prompt import VLInputs, modality_types
 
     row = np.array([prompt], dtype=np.int64)
     return VLInputs(row, *modality_types(row, token_ids(config)), None, None)

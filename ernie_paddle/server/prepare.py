@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..errors import ErnieError
-from .api_errors import APIError
-from .images import refuse_images, vl_chat_inputs
-from .sampling import SamplingParams
+from ernie_paddle.errors import ErnieError
+from ernie_paddle.server.api_errors import APIError
+from ernie_paddle.server.images import refuse_images, vl_chat_inputs
+from ernie_paddle.server.sampling import SamplingParams
 
 
 def check_model(state, name: str) -> None:

@@ -6,7 +6,7 @@ import json
 import time
 import uuid
 
-from .choices import token_text
+from ernie_paddle.server.choices import token_text
 
 
 def new_id(prefix: str) -> str:

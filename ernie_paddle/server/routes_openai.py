@@ -8,10 +8,10 @@ from contextlib import aclosing
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from .api_errors import APIError
-from .choices import Tally, fan_in, run_choice
-from .images import prompt_length
-from .prepare import (
+from ernie_paddle.server.api_errors import APIError
+from ernie_paddle.server.choices import Tally, fan_in, run_choice
+from ernie_paddle.server.images import prompt_length
+from ernie_paddle.server.prepare import (
     chat_prompt,
     check_logprobs,
     check_model,
@@ -19,9 +19,9 @@ from .prepare import (
     sampling_params,
     token_budget,
 )
-from .responses import SSE_DONE, ChatFormat, CompletionFormat, sse, usage_dict
-from .schemas import ChatRequest, CompletionRequest
-from .security import caller
+from ernie_paddle.server.responses import SSE_DONE, ChatFormat, CompletionFormat, sse, usage_dict
+from ernie_paddle.server.schemas import ChatRequest, CompletionRequest
+from ernie_paddle.server.security import caller
 
 router = APIRouter()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from .security import admin, key_only
+from ernie_paddle.server.security import admin, key_only
 
 router = APIRouter()
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..generation import Options, choose_next
+from ernie_paddle.runtime.generation import Options, choose_next
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .sampling import RowSampler, SamplingParams, TokenChoice, sample_rows
+from ernie_paddle.server.sampling import RowSampler, SamplingParams, TokenChoice, sample_rows
 
 log = logging.getLogger("ernie_paddle.server")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from .api_errors import APIError
+from ernie_paddle.server.api_errors import APIError
 
 
 def key_only(request: Request) -> str:

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import paddle
 
-from .sampling import TokenChoice
-from .scheduler import Scheduler, Sequence
+from ernie_paddle.server.sampling import TokenChoice
+from ernie_paddle.server.scheduler import Scheduler, Sequence
 
 log = logging.getLogger("ernie_paddle.server")
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ErnieError
-from .auth import KeyRing
-from .metrics import server_metrics
-from .usage import UsageStore, default_data_dir
+from ernie_paddle.errors import ErnieError
+from ernie_paddle.server.auth import KeyRing
+from ernie_paddle.server.metrics import server_metrics
+from ernie_paddle.server.usage import UsageStore, default_data_dir
 
 log = logging.getLogger("ernie_paddle.server")
 
@@ -30,7 +30,7 @@ class Settings:
     admin_keys_file: str | None = None
     device: str | None = None
     num_threads: int | None = None
-    engine: str | None = None  # "auto", "predictor" or "dygraph" (see ernie_paddle.predictor.resolve_engine)
+    engine: str | None = None  # "auto", "predictor" or "dygraph" (see ernie_paddle.runtime.predictor.resolve_engine)
     speculative: str | None = None  # "mtp": draft with the MTP layer, one sequence at a time
     num_draft: int = 1
     image_dir: str | None = None  # local image paths must lie under it; None refuses local paths
@@ -60,8 +60,8 @@ class ServerState:
             self._load()
 
     def _load(self) -> None:
-        from ..loading import load
-        from ..tokenizer import ErnieTokenizer
+        from ernie_paddle.runtime.loading import load
+        from ernie_paddle.tokenizer.ernie_tokenizer import ErnieTokenizer
 
         try:
             s = self.settings
@@ -82,23 +82,23 @@ class ServerState:
         """Continuous batching, or one sequence at a time through the runtime's ``stream`` (VL, speculative)."""
         s = self.settings
         if not self.sequential:
-            from .engine import EagerEngine
-            from .scheduler import Scheduler
+            from ernie_paddle.server.engine import EagerEngine
+            from ernie_paddle.server.scheduler import Scheduler
 
             engine = self.step_engine
             if engine is None:
                 make_engine = getattr(self.runtime, "make_engine", None)  # the predictor brings its own
                 engine = make_engine() if make_engine else EagerEngine(self.runtime)
             return Scheduler(engine, s.max_batch, on_step=self._on_step)
-        from .sequential import SequentialScheduler
+        from ernie_paddle.server.sequential import SequentialScheduler
 
         if self.is_vl:
             if s.speculative:
                 raise ErnieError("--speculative runs on ERNIE 4.5 text models with an MTP layer, not VL models")
-            from .images import vl_input
+            from ernie_paddle.server.images import vl_input
 
             return SequentialScheduler(self.runtime, lambda p: vl_input(self.runtime.config, p))
-        from ..speculative import check_method
+        from ernie_paddle.runtime.speculative import check_method
 
         check_method(self.runtime.model, s.speculative, s.num_draft)
         return SequentialScheduler(self.runtime, lambda p: np.array([p], dtype=np.int64), self._on_sequence,

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import signal
 
-from ..errors import ErnieError
-from .state import Settings
+from ernie_paddle.errors import ErnieError
+from ernie_paddle.server.state import Settings
 
 
 def serve_tp(settings: Settings, moe: str, host: str = "127.0.0.1", port: int = 8000,
              log_level: str = "info") -> None:
     """Serve ``settings.model_path`` from this rank's part of the model until rank 0 is stopped."""
-    from ..distributed import get_comm, load
-    from ..distributed.steps import LeaderEngine, follow
-    from .engine import EagerEngine
+    from ernie_paddle.runtime.distributed import get_comm, load
+    from ernie_paddle.runtime.distributed.steps import LeaderEngine, follow
+    from ernie_paddle.server.engine import EagerEngine
 
     comm = get_comm()
     runtime = load(settings.model_path, moe=moe, device=settings.device, num_threads=settings.num_threads)
@@ -26,8 +26,8 @@ def serve_tp(settings: Settings, moe: str, host: str = "127.0.0.1", port: int = 
     if comm.rank != 0:
         follow(engine, comm)
         return
-    from ..tokenizer import ErnieTokenizer
-    from .app import run_server
+    from ernie_paddle.server.app import run_server
+    from ernie_paddle.tokenizer.ernie_tokenizer import ErnieTokenizer
 
     leader = LeaderEngine(engine, comm)
     try:

@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import ErnieError
+from ernie_paddle.errors import ErnieError
 
 DB_NAME = "usage.sqlite3"
 

@@ -5,7 +5,7 @@ import shutil
 import pytest
 from server_env import ADMIN_KEY, USER_KEYS, ServerProcess
 
-from ernie_paddle.tokenizer_files import write_demo_tokenizer
+from ernie_paddle.devkit.tokenizer_files import write_demo_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +34,7 @@ def server(model_dir, tmp_path_factory):
 def api(model_dir):
     """The same model and tokenizer through the Python API in this process (the reference)."""
     import ernie_paddle
-    from ernie_paddle.tokenizer import ErnieTokenizer
+    from ernie_paddle.tokenizer.ernie_tokenizer import ErnieTokenizer
 
     return ernie_paddle.load(model_dir), ErnieTokenizer.from_folder(model_dir)
 

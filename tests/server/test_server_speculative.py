@@ -10,7 +10,7 @@ import openai
 import pytest
 from server_env import MODEL_NAME, USER_KEYS, ServerProcess, free_port
 
-from ernie_paddle.mtp_fit import damp_main_layers, fit_mtp
+from ernie_paddle.devkit.mtp_fit import damp_main_layers, fit_mtp
 
 PROMPTS = [[5, 17, 300, 42, 9, 77, 1000], [400, 3, 90, 91]]
 GREEDY = dict(max_tokens=16, temperature=0, extra_body={"ignore_eos": True, "return_token_ids": True})
@@ -53,7 +53,7 @@ class _ThreadServer:
 @pytest.fixture(scope="module")
 def fitted(tiny_ckpts):
     """A tiny MoE model whose MTP layer is fitted to it (real acceptance), as in tests/test_speculative.py."""
-    from ernie_paddle.loading import load
+    from ernie_paddle.runtime.loading import load
 
     folder = tiny_ckpts("spec-moe2", "moe", mtp=1, num_hidden_layers=2, bias_scale=0.1)
     rt = load(folder, device="cpu")
@@ -66,7 +66,7 @@ def fitted(tiny_ckpts):
 
 def test_speculative_server_is_greedy_identical_and_counts_acceptance(fitted, tmp_path):
     from ernie_paddle.server import Settings, create_app
-    from ernie_paddle.tokenizer import ErnieTokenizer
+    from ernie_paddle.tokenizer.ernie_tokenizer import ErnieTokenizer
 
     rt, folder = fitted
     want = [rt.generate([p], max_new_tokens=16, stop_token_ids=[])[0, len(p):].tolist() for p in PROMPTS]
@@ -88,7 +88,7 @@ def test_speculative_server_is_greedy_identical_and_counts_acceptance(fitted, tm
 
 def test_serve_cli_speculative_matches_plain_greedy(moe_hf, tmp_path):
     """The CLI flags end to end on a checkpoint with a random MTP layer (drafts, maybe no accepts)."""
-    from ernie_paddle.loading import load
+    from ernie_paddle.runtime.loading import load
 
     prompt = PROMPTS[0]
     want = load(moe_hf, device="cpu").generate([prompt], max_new_tokens=16, stop_token_ids=[])[0, 7:].tolist()

@@ -68,7 +68,7 @@ def test_continuous_batching_matches_each_sequence_alone(api):
 
 
 def test_choice_text_holds_back_and_cuts_stop_strings(model_dir):
-    from ernie_paddle.tokenizer import ErnieTokenizer
+    from ernie_paddle.tokenizer.ernie_tokenizer import ErnieTokenizer
 
     tok = ErnieTokenizer.from_folder(model_dir)
     ids = tok.encode("Hello world, 你好世界 🦄 end")

@@ -19,8 +19,8 @@ def _image(seed, h, w):
 @pytest.fixture(scope="module")
 def vl(tmp_path_factory):
     """(server, runtime in this process, messages with a data: URL image and a local-path image)."""
-    from ernie_paddle.vl_demo import make_tiny_vl_checkpoint
-    from ernie_paddle.vl_runtime import load_vl
+    from ernie_paddle.devkit.vl_demo import make_tiny_vl_checkpoint
+    from ernie_paddle.runtime.vl import load_vl
 
     root = tmp_path_factory.mktemp("vl-server")
     folder = make_tiny_vl_checkpoint(root / "ernie-vl-tiny")

@@ -1,0 +1,1 @@
+"""Model configuration: the text config (both dialects), the VL additions, and the family presets."""

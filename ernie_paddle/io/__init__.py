@@ -1,0 +1,1 @@
+"""Files: checkpoint reading (safetensors, shards, legacy pdparams), dtypes, the sharded writer and atomic output folders."""

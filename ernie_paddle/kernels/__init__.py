@@ -1,0 +1,1 @@
+"""Compiled CPU operators (Paddle custom C++ operators built on first use) and their build."""

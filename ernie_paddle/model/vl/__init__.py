@@ -1,6 +1,0 @@
-"""Layer 2: ERNIE 4.5 VL in Paddle (vision tower, resampler, multimodal MoE, 3-D RoPE)."""
-
-from .model import ErnieVLForConditionalGeneration, ErnieVLModel
-from .vision import VisionTransformer
-
-__all__ = ["ErnieVLForConditionalGeneration", "ErnieVLModel", "VisionTransformer"]

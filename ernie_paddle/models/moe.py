@@ -1,0 +1,83 @@
+"""Sparse MoE block as released: fp32 router, correction bias for selection only, only chosen experts run."""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+from ernie_paddle.config.text import ErnieConfig
+from ernie_paddle.models.layers import MLP
+
+
+class Router(nn.Layer):
+    """``weight`` [H, E] in float32 (the Paddle checkpoint orientation)."""
+
+    def __init__(self, hidden_size: int, num_experts: int):
+        super().__init__()
+        self.weight = self.create_parameter([hidden_size, num_experts], dtype="float32",
+                                            default_initializer=nn.initializer.Constant(0.0))
+
+
+class MoEStatics(nn.Layer):
+    """Holds ``e_score_correction_bias`` [1, E] float32 (the aux-free load-balancing bias)."""
+
+    def __init__(self, num_experts: int):
+        super().__init__()
+        self.e_score_correction_bias = self.create_parameter(
+            [1, num_experts], dtype="float32", default_initializer=nn.initializer.Constant(0.0))
+
+
+def route(x: paddle.Tensor, gate: paddle.Tensor, bias: paddle.Tensor | None, k: int,
+          norm_min: float, act: str = "softmax") -> tuple[paddle.Tensor, paddle.Tensor]:
+    """Top-k expert ids and weights for tokens x [N, H].
+
+    Probabilities come from an fp32 softmax of x @ gate; the bias only changes WHICH experts are chosen;
+    the weights are the unbiased probabilities of the chosen experts divided by max(sum, norm_min).
+    """
+    logits = paddle.matmul(x.astype("float32"), gate)
+    probs = F.softmax(logits, axis=-1) if act == "softmax" else F.sigmoid(logits)
+    scores = probs + bias.reshape([1, -1]) if bias is not None else probs
+    _, ids = paddle.topk(scores, k, axis=-1)
+    weights = paddle.take_along_axis(probs, ids, axis=-1)
+    weights = weights / paddle.clip(weights.sum(axis=-1, keepdim=True), min=norm_min)
+    return ids, weights
+
+
+class SparseMoE(nn.Layer):
+    """Routed experts (each ``up_gate_proj`` [H, 2Im] + ``down_proj``), optional shared experts, router."""
+
+    def __init__(self, config: ErnieConfig, owned: range | None = None, shared_size: int | None = None):
+        """``owned``: the experts this layer holds (all by default; expert parallel holds a range, and
+        ``forward`` then returns this part's share of the sum). ``shared_size``: shared-expert width."""
+        super().__init__()
+        h, e = config.hidden_size, config.moe_num_experts
+        self.top_k, self.norm_min, self.act = config.moe_k, config.moe_norm_min, config.moe_gate_act
+        self.use_bias = config.moe_use_aux_free
+        self.gate = Router(h, e)
+        self.moe_statics = MoEStatics(e)
+        self.owned = owned if owned is not None else range(e)
+        self.experts = nn.LayerList([MLP(h, config.moe_intermediate_size) for _ in self.owned])
+        shared = config.shared_intermediate_size if shared_size is None else shared_size
+        self.shared_experts = MLP(h, shared) if config.moe_num_shared_experts > 0 else None
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        shape = x.shape
+        flat = x.reshape([-1, shape[-1]])
+        bias = self.moe_statics.e_score_correction_bias if self.use_bias else None
+        ids, weights = route(flat, self.gate.weight, bias, self.top_k, self.norm_min, self.act)
+        weights = weights.astype(flat.dtype)
+        out = paddle.zeros_like(flat)
+        ids_np = ids.numpy()
+        for expert_id in np.unique(ids_np).tolist():
+            if expert_id not in self.owned:
+                continue
+            rows, slots = np.nonzero(ids_np == expert_id)
+            rows_t = paddle.to_tensor(rows, dtype="int64")
+            slot_w = weights[rows_t, paddle.to_tensor(slots, dtype="int64")].unsqueeze(-1)
+            expert_out = self.experts[expert_id - self.owned.start](paddle.gather(flat, rows_t)) * slot_w
+            out = paddle.index_add(out, rows_t, 0, expert_out)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(flat)
+        return out.reshape(shape)

@@ -1,0 +1,1 @@
+"""Planning without loading: the memory planner, model references and deployment-file rendering."""

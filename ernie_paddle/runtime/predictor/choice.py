@@ -1,0 +1,46 @@
+"""Which engine runs a folder: the exported Paddle Inference predictor or eager (dygraph) Paddle.
+
+``loading.load`` and the CLI ask ``resolve_engine``; the CLI default is "auto".
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ernie_paddle.errors import ErnieError
+from ernie_paddle.runtime.predictor.manifest import MANIFEST
+
+ENGINES = ("auto", "predictor", "dygraph")
+
+
+def unsupported_reason(config) -> str | None:
+    """None when the predictor can run ``config``, else the reason it cannot."""
+    if config.family not in ("dense", "moe"):
+        return f"the predictor runs ERNIE 4.5 text models, not {config.family} models"
+    return None
+
+
+def resolve_engine(path, engine: str | None) -> str:
+    """"predictor" or "dygraph" for ``path`` and the requested ``engine``.
+
+    None: ``$ERNIE_PADDLE_ENGINE``, else the predictor for an export folder and dygraph for a checkpoint.
+    "auto": the predictor wherever it supports the model (the CLI default), else dygraph; a quantized
+    checkpoint stays on dygraph, which keeps its compact weights (an export holds them dequantized).
+    """
+    engine = (engine or os.environ.get("ERNIE_PADDLE_ENGINE") or "").strip().lower() or None
+    if engine is not None and engine not in ENGINES:
+        raise ErnieError(f"unknown engine {engine!r} (one of {', '.join(ENGINES)})")
+    exported = Path(path, MANIFEST).is_file()
+    if exported:
+        if engine == "dygraph":
+            raise ErnieError("an export folder runs only on the predictor engine; pass the checkpoint folder "
+                             "for --engine dygraph", path)
+        return "predictor"
+    if engine == "auto":
+        from ernie_paddle.config.text import ErnieConfig
+
+        config = ErnieConfig.from_file(path)
+        quantized = bool(config.quantization_config)
+        return "predictor" if unsupported_reason(config) is None and not quantized else "dygraph"
+    return engine or "dygraph"

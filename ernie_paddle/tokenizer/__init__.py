@@ -1,0 +1,1 @@
+"""Text in and out: the tokenizer, its backends, chat templates, the streaming detokenizer and VL prompts."""
