@@ -7,8 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 
 from ernie_paddle.server.api_errors import install_error_handlers
-from ernie_paddle.server.routes_openai import router as openai_router
-from ernie_paddle.server.routes_ops import router as ops_router
+from ernie_paddle.server.routes import router
 from ernie_paddle.server.state import ServerState, Settings
 
 
@@ -32,8 +31,7 @@ def create_app(settings: Settings, runtime=None, tokenizer=None, background_load
     app = FastAPI(title="ernie-paddle", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = state
     install_error_handlers(app)
-    app.include_router(openai_router)
-    app.include_router(ops_router)
+    app.include_router(router)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):

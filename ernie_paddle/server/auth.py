@@ -1,10 +1,16 @@
-"""API keys (bearer tokens) from a file, one per line, ``#`` comments; keys are stored only as digests."""
+"""API keys and the route dependencies that check them.
+
+Keys (bearer tokens) come from a file, one per line, ``#`` comments; they are kept keyed by digest. The
+dependencies say who is calling, whether the model is ready, and whether the caller is an admin.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 from pathlib import Path
+
+from fastapi import Request
 
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.server.api_errors import APIError
@@ -66,3 +72,27 @@ class KeyRing:
     def is_admin(self, kid: str) -> bool:
         """Admins may read everyone's usage; without any keys configured the server is local and open."""
         return not self.enabled or kid in self._admins
+
+
+def key_only(request: Request) -> str:
+    """The caller's key id (401 without a valid key when keys are configured)."""
+    state = request.app.state.server
+    return state.keys.identify(request.headers.get("authorization"))
+
+
+def caller(request: Request) -> str:
+    """A valid key and a loaded model (503 while it is loading)."""
+    kid = key_only(request)
+    state = request.app.state.server
+    if not state.ready:
+        raise APIError(503, state.error and f"the model failed to load: {state.error}" or "the model is loading",
+                       code="model_not_ready")
+    return kid
+
+
+def admin(request: Request) -> str:
+    """The caller's key id when it is an admin key (403 for any other key)."""
+    kid = key_only(request)
+    if not request.app.state.server.keys.is_admin(kid):
+        raise APIError(403, "this route needs an admin key (--admin-keys-file)", code="forbidden")
+    return kid

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 
-from ernie_paddle.server.choices import token_text
+_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 def new_id(prefix: str) -> str:
@@ -23,6 +24,16 @@ SSE_DONE = b"data: [DONE]\n\n"
 def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
+
+
+def token_text(tokenizer, token_id: int, cache: dict) -> tuple[str, list[int]]:
+    """Display text and UTF-8 bytes of one token (a byte-fallback piece is that single byte)."""
+    if token_id not in cache:
+        piece = tokenizer.convert_ids_to_tokens([token_id])[0] or ""
+        m = _BYTE.fullmatch(piece)
+        raw = bytes([int(m.group(1), 16)]) if m else tokenizer.decode([token_id]).encode("utf-8")
+        cache[token_id] = (tokenizer.decode([token_id]), list(raw))
+    return cache[token_id]
 
 
 def chat_logprobs(tokenizer, tokens, cache: dict) -> dict:

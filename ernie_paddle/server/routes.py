@@ -1,4 +1,5 @@
-"""``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models``."""
+"""The HTTP routes: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, and for operations
+``/health``, ``/metrics``, ``/v1/usage`` (own key) and ``/admin/usage`` (all keys)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import time
 from contextlib import aclosing
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ernie_paddle.server.api_errors import APIError
-from ernie_paddle.server.choices import Tally, fan_in, run_choice
+from ernie_paddle.server.auth import admin, caller, key_only
+from ernie_paddle.server.delta_streams import Tally, fan_in, run_choice
 from ernie_paddle.server.images import prompt_length
-from ernie_paddle.server.prepare import (
+from ernie_paddle.server.metrics import CONTENT_TYPE
+from ernie_paddle.server.request_bodies import ChatRequest, CompletionRequest
+from ernie_paddle.server.request_inputs import (
     chat_prompt,
     check_logprobs,
     check_model,
@@ -20,8 +24,6 @@ from ernie_paddle.server.prepare import (
     token_budget,
 )
 from ernie_paddle.server.responses import SSE_DONE, ChatFormat, CompletionFormat, sse, usage_dict
-from ernie_paddle.server.schemas import ChatRequest, CompletionRequest
-from ernie_paddle.server.security import caller
 
 router = APIRouter()
 
@@ -115,3 +117,31 @@ async def models(request: Request, kid: str = Depends(caller)):
     return {"object": "list", "data": [{"id": state.settings.model_name, "object": "model", "created": 0,
                                         "owned_by": "ernie-paddle",
                                         "max_model_len": state.context_length if state.ready else None}]}
+
+
+@router.get("/health")
+async def health(request: Request):
+    """200 once the model is loaded; 503 while loading or after a failed load. Needs no key."""
+    state = request.app.state.server
+    if state.ready:
+        return {"status": "ok", "model": state.settings.model_name}
+    status = "error" if state.error else "loading"
+    return JSONResponse({"status": status, "error": state.error}, status_code=503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request, kid: str = Depends(key_only)):
+    return Response(request.app.state.server.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.get("/v1/usage")
+async def own_usage(request: Request, kid: str = Depends(key_only)):
+    totals = request.app.state.server.usage.totals(kid).get(kid)
+    return {"key_id": kid, **(totals or {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                         "total_tokens": 0})}
+
+
+@router.get("/admin/usage")
+async def all_usage(request: Request, kid: str = Depends(admin)):
+    return {"object": "list", "data": [{"key_id": k, **v}
+                                       for k, v in request.app.state.server.usage.totals().items()]}

@@ -1,9 +1,8 @@
-"""Run one choice through the scheduler as an async stream of text deltas, and fan several into one."""
+"""Async streams of text deltas: one choice run through the scheduler, and several fanned into one."""
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -13,8 +12,6 @@ from ernie_paddle.server.api_errors import APIError
 from ernie_paddle.server.sampling import SamplingParams, TokenChoice
 from ernie_paddle.server.scheduler import Sequence
 from ernie_paddle.server.textstream import ChoiceText
-
-_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 @dataclass
@@ -108,12 +105,3 @@ async def fan_in(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[Delta]:
         for t in tasks:
             t.cancel()
 
-
-def token_text(tokenizer, token_id: int, cache: dict) -> tuple[str, list[int]]:
-    """Display text and UTF-8 bytes of one token (a byte-fallback piece is that single byte)."""
-    if token_id not in cache:
-        piece = tokenizer.convert_ids_to_tokens([token_id])[0] or ""
-        m = _BYTE.fullmatch(piece)
-        raw = bytes([int(m.group(1), 16)]) if m else tokenizer.decode([token_id]).encode("utf-8")
-        cache[token_id] = (tokenizer.decode([token_id]), list(raw))
-    return cache[token_id]

@@ -1,4 +1,5 @@
-"""Turn a validated request into prompt ids and per-choice sampling params, or a 4xx APIError."""
+"""What the routes take from a validated request: prompt ids, token budget and per-choice sampling params
+(or a 4xx APIError)."""
 
 from __future__ import annotations
 
