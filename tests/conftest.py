@@ -1,8 +1,40 @@
-"""Shared fixtures: tiny checkpoints written once per session by transformers (fixed seeds)."""
+"""Shared fixtures: tiny checkpoints written once per session by transformers (fixed seeds).
+
+Every run gets its own temporary root (unless ``--basetemp`` names one): pytest's default root is shared by
+all runs of a user and keeps only the last three, so two runs at once could delete each other's files.
+"""
+
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from ernie_paddle.devkit.demo_models import make_tiny_hf_checkpoint
+
+OWN_TEMP_ROOT = pytest.StashKey[Path]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """Without ``--basetemp``: a fresh folder ``ernie-paddle-tests-*`` in the system temp folder for this run."""
+    if config.option.basetemp is None:
+        root = Path(tempfile.mkdtemp(prefix="ernie-paddle-tests-"))
+        config.stash[OWN_TEMP_ROOT] = root
+        config.option.basetemp = str(root / "basetemp")  # pytest empties and recreates it; root stays ours
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove this run's own temporary root when every test passed; keep it to look into otherwise."""
+    root = session.config.stash.get(OWN_TEMP_ROOT, None)
+    if root is not None and exitstatus == 0:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    root = config.stash.get(OWN_TEMP_ROOT, None)
+    if root is not None and root.exists():
+        terminalreporter.write_line(f"temporary files of this run kept in {root}")
 
 
 @pytest.fixture(scope="session")
