@@ -119,8 +119,8 @@ def run_parity(model_dir, reference_dir=None, prompts=None, max_new_tokens: int 
     ``runtime``: an already loaded runtime of ``model_dir`` to use instead of loading one (e.g. a
     tensor-parallel rank's, fp32 on the CPU).
     """
+    from ernie_paddle.api import load
     from ernie_paddle.runtime.generation import pad_batch
-    from ernie_paddle.runtime.loading import load
 
     ours = runtime or load(model_dir, dtype="float32", device="cpu", engine=engine)
     ref = load_reference(model_dir, reference_dir)

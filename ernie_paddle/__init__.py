@@ -9,7 +9,8 @@ __all__ = ["ErnieConfig", "ErnieError", "__version__", "load"]
 
 
 def load(path, dtype=None, device=None, **kwargs):
-    """Load a Paddle, HF or exported folder; returns a model with ``logits`` and ``generate``."""
-    from ernie_paddle.runtime.loading import load as _load
+    """Load a Paddle, HF or exported folder; returns a model with ``logits``, ``generate``, ``stream``,
+    ``config`` and ``close`` (see ``ernie_paddle.api.load``)."""
+    from ernie_paddle.api import load as _load  # lazy: keeps Paddle out of the CLI's start-up
 
     return _load(path, dtype=dtype, device=device, **kwargs)

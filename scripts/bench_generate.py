@@ -52,7 +52,7 @@ class Ours:
     name = "ernie-paddle"
 
     def __init__(self, folder: Path):
-        from ernie_paddle.runtime.loading import load
+        from ernie_paddle.api import load
 
         self.rt = load(folder, device="cpu")
 
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
 
     shapes = [s.strip().lower() for s in args.shapes.split(",") if s.strip()]
 
-    from ernie_paddle.runtime.loading import available_cores
+    from ernie_paddle.runtime.setup import available_cores
 
     threads = available_cores()
     rng = np.random.default_rng(0)

@@ -62,7 +62,7 @@ def make_model(folder: Path, quiet: bool, seed: int = 0) -> Path:
     from ernie_paddle.config.presets import PRESETS
     from ernie_paddle.config.text import ErnieConfig
     from ernie_paddle.io.shard_writer import write_tensors
-    from ernie_paddle.runtime.loading import build_model
+    from ernie_paddle.runtime.weights import build_model
 
     log(f"writing a random 0.3B-shaped checkpoint to {folder} ...", quiet)
     cfg = ErnieConfig.from_dict(PRESETS["0.3B"])

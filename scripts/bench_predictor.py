@@ -75,7 +75,7 @@ class Predictor:
     name = "predictor"
 
     def __init__(self, folder: Path, workdir: Path):
-        from ernie_paddle.runtime.loading import load
+        from ernie_paddle.api import load
         from ernie_paddle.runtime.predictor import checkpoint_digest, export, is_export_folder
         from ernie_paddle.runtime.predictor.manifest import read_manifest
         from ernie_paddle.runtime.predictor.program import PROGRAM_VERSION

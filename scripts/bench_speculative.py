@@ -36,9 +36,10 @@ def runtime_with_mtp(folder: Path, quiet: bool = False, fit_prompts: int = 16, f
     """(runtime, how the MTP layer came to be) for ``folder``; fits one when the checkpoint has none."""
     import paddle
 
+    from ernie_paddle.api import load
     from ernie_paddle.devkit.mtp_fit import fit_mtp
-    from ernie_paddle.runtime.loading import build_model, load
     from ernie_paddle.runtime.speculative import has_mtp
+    from ernie_paddle.runtime.weights import build_model
 
     rt = load(folder, device="cpu", engine="dygraph")
     if has_mtp(rt.model):
@@ -117,9 +118,9 @@ def tiny_demo(quiet: bool, new_tokens: int, drafts: list[int], repeats: int) -> 
     MTP layer fitted to it (see tests/test_speculative.py)."""
     import tempfile
 
+    from ernie_paddle.api import load
     from ernie_paddle.devkit.demo_models import make_tiny_hf_checkpoint
     from ernie_paddle.devkit.mtp_fit import damp_main_layers, fit_mtp
-    from ernie_paddle.runtime.loading import load
 
     with tempfile.TemporaryDirectory(prefix="bench-spec-") as tmp:
         rt = load(make_tiny_hf_checkpoint(Path(tmp) / "m", "moe", mtp=1, num_hidden_layers=2, bias_scale=0.1),

@@ -50,7 +50,7 @@ def worker(model: str, tokens: int, tp: int, moe: str, out: str) -> None:
         rt = load(model, moe=moe)
         rank = rt.comm.rank
     else:
-        from ernie_paddle.runtime.loading import load
+        from ernie_paddle.api import load
 
         rt, rank = load(model, device="cpu", engine="dygraph"), 0
     load_s = time.perf_counter() - start

@@ -38,7 +38,7 @@ def model_pair(tmp_path_factory):
 @pytest.fixture(scope="session")
 def runtime(model_pair):
     """Factory: runtime(name, fmt="paddle") -> a loaded ErnieRuntime, cached per session."""
-    from ernie_paddle.runtime.loading import load
+    from ernie_paddle.api import load
 
     loaded = {}
 

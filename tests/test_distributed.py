@@ -36,8 +36,8 @@ def models(tiny_ckpts, tmp_path_factory):
 
 
 def _single(folder):
+    from ernie_paddle.api import load
     from ernie_paddle.runtime.generation import pad_batch
-    from ernie_paddle.runtime.loading import load
 
     rt = load(folder, engine="dygraph")
     ids, mask = pad_batch(PROMPTS)
@@ -80,8 +80,8 @@ def test_tp2_quantization_on_load(models, tmp_path):
     greedily the same; each rank holds part of the quantized bytes."""
     from tp_job import state_bytes
 
+    from ernie_paddle.api import load
     from ernie_paddle.runtime.generation import pad_batch
-    from ernie_paddle.runtime.loading import load
 
     cases = {"dense_wint8": (models["dense"], "tp", "wint8"), "moe_ep_wint8": (models["moe"], "ep", "wint8"),
              "moe_fp8": (models["moe"], "tp", "fp8")}
@@ -162,7 +162,7 @@ def test_diagnose_stopped_job(tmp_path):
 
 
 def test_cli_generate_tp2_matches_single(models):
-    from ernie_paddle.runtime.loading import load
+    from ernie_paddle.api import load
 
     args = ["--prompt-ids", "5,9,100,7,33,250", "--prompt-ids", "8,1000,3", "--max-new-tokens", "6",
             "--stop-ids", ""]

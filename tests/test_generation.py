@@ -8,9 +8,9 @@ import paddle
 import pytest
 from helpers import run_cli
 
+from ernie_paddle.api import load
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.runtime.generation import apply_repetition_penalty, filter_logits, read_prompts_file
-from ernie_paddle.runtime.loading import load
 
 pytest_plugins = ("fixtures_models",)  # model_pair, runtime
 

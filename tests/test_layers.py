@@ -28,11 +28,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ernie_paddle.cli", "ernie_paddle"),
 )
 # Known debts, to be paid down to nothing: upward (importer, imported) pairs and cycles tolerated for now.
-KNOWN_UPWARD: set[tuple[str, str]] = {("ernie_paddle.runtime.distributed.worker", "ernie_paddle.cli")}
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 KNOWN_CYCLES: list[list[str]] = [
     ["converters.layout", "converters.layout_vl", "converters.plan", "converters.schema"],
-    ["ernie_paddle.runtime.loading", "ernie_paddle.runtime.predictor", "ernie_paddle.runtime.predictor.engine",
-     "ernie_paddle.runtime.predictor.export", "ernie_paddle.runtime.predictor.runner", "ernie_paddle.runtime.vl"],
 ]
 
 

@@ -185,7 +185,7 @@ _RSS_CHILD = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def rss_models(tmp_path_factory):
-    pytest.importorskip("ernie_paddle.runtime.loading", reason="the runtime (ernie_paddle.runtime.loading) is not there yet")
+    pytest.importorskip("ernie_paddle.api", reason="the runtime (ernie_paddle.api) is not there yet")
     from ernie_paddle.devkit.demo_models import make_tiny_hf_checkpoint
 
     root = tmp_path_factory.mktemp("rss")

@@ -10,9 +10,10 @@ import paddle
 import pytest
 from helpers import run_cli
 
+from ernie_paddle.api import load
 from ernie_paddle.errors import ErnieError
+from ernie_paddle.runtime.batching import EagerEngine
 from ernie_paddle.runtime.generation import pad_batch
-from ernie_paddle.runtime.loading import load
 from ernie_paddle.runtime.predictor import (
     PredictorRuntime,
     checkpoint_digest,
@@ -21,7 +22,6 @@ from ernie_paddle.runtime.predictor import (
     supports,
 )
 from ernie_paddle.runtime.predictor.engine import PredictorEngine
-from ernie_paddle.server.engine import EagerEngine
 
 pytest_plugins = ("fixtures_models",)  # model_pair, runtime
 

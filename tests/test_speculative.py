@@ -25,7 +25,7 @@ def fitted(tiny_ckpts):
     """A tiny 2-layer MoE model (dense layer 0, MoE layer 1 with a shared expert and a selection bias)
     whose attention / MLP outputs are scaled by 0.1, so its next token depends mostly on the current one,
     plus an MTP layer fitted to it by least squares on greedy continuations of 32 random prompts."""
-    from ernie_paddle.runtime.loading import load
+    from ernie_paddle.api import load
 
     rt = load(tiny_ckpts("spec-moe2", "moe", mtp=1, num_hidden_layers=2, bias_scale=0.1), device="cpu")
     damp_main_layers(rt.model, 0.1)
@@ -123,7 +123,7 @@ def test_cache_primitives(fitted):
 
 def test_mtp_input_puts_the_embedding_half_first(moe_hf):
     """linear_proj's first H input rows read emb_norm(embed(token)), the last H hidden_norm(hidden)."""
-    from ernie_paddle.runtime.loading import load
+    from ernie_paddle.api import load
 
     model = load(moe_hf, device="cpu").model
     h = model.config.hidden_size

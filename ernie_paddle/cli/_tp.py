@@ -7,9 +7,13 @@ hosts: run the same command on every host); inside one, the command loads its ra
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ernie_paddle.errors import ErnieError
+
+RANK_WORKER = Path(__file__).with_name("rank_worker.py")  # run as a script by every rank, never imported
 
 
 def tp_options(f):
@@ -45,14 +49,15 @@ def _command_line(ctx: click.Context) -> list[str]:
     return argv
 
 
-def run_distributed(tp: int, nnodes: int, master: str | None, engine: str | None = None) -> bool:
-    """True when this process should load a tensor-parallel model; re-launches (and exits) when needed."""
+def run_distributed(tp: int, nnodes: int, master: str | None) -> bool:
+    """True when this process should load a tensor-parallel model; re-launches (and exits) when needed.
+
+    The engine rules (``--tp`` runs on dygraph) are ``ernie_paddle.api.choose_engine``'s, asked before this.
+    """
     from ernie_paddle.runtime.distributed.runinfo import launched_world
 
     if tp == 1:
         return False
-    if engine == "predictor":
-        raise click.UsageError("--tp runs on the dygraph engine, not --engine predictor")
     rank, world = launched_world()
     if world > 1:
         if world != tp:
@@ -64,8 +69,6 @@ def run_distributed(tp: int, nnodes: int, master: str | None, engine: str | None
         raise click.UsageError("--nnodes > 1 needs --master HOST:PORT (the same on every host)")
     model = click.get_current_context().params.get("model")
     if model is not None:  # a bad folder is refused once, here, before any rank starts
-        from pathlib import Path
-
         from converters.tp_split import MANIFEST
         from ernie_paddle.io.checkpoint import open_checkpoint
 
@@ -73,5 +76,5 @@ def run_distributed(tp: int, nnodes: int, master: str | None, engine: str | None
             open_checkpoint(model)
     from ernie_paddle.runtime.distributed.launcher import relaunch
 
-    code = relaunch(_command_line(click.get_current_context()), tp // nnodes, nnodes, master)
+    code = relaunch(RANK_WORKER, _command_line(click.get_current_context()), tp // nnodes, nnodes, master)
     raise click.exceptions.Exit(code)

@@ -25,7 +25,7 @@ def chat(model, system, max_tokens, temperature, top_p, seed, device):
     """Chat with MODEL; '/reset' starts over, '/exit' or end of input quits."""
     import numpy as np
 
-    from ernie_paddle.runtime.loading import load
+    from ernie_paddle.api import load
     from ernie_paddle.tokenizer.ernie_tokenizer import ErnieTokenizer
 
     tokenizer = ErnieTokenizer.from_folder(model)

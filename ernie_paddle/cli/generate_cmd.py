@@ -90,7 +90,7 @@ def generate(model, prompts, prompt_ids, prompts_file, max_new_tokens, min_new_t
     Greedy unless --temperature, --top-p or --top-k is given. Token-id prompts print new token ids, one
     line per prompt; text prompts print the decoded text.
     """
-    from ernie_paddle.runtime.loading import load
+    from ernie_paddle.api import choose_engine, load
 
     options = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature,
                    top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
@@ -108,21 +108,11 @@ def generate(model, prompts, prompt_ids, prompts_file, max_new_tokens, min_new_t
     if stop_ids is None and tok is not None and tok.stop_token_ids:
         options["stop_token_ids"] = tok.stop_token_ids
     if speculative:  # the MTP draft runs on the eager model
-        if engine == "predictor":
-            raise click.UsageError("--speculative runs on the dygraph engine, not --engine predictor")
-        engine = "dygraph"
         options.update(speculative=speculative, num_draft=num_draft)
-    if quantization is not None:  # quantized linears run on the eager model
-        if engine == "predictor":
-            raise click.UsageError("--quantization runs on the dygraph engine, not --engine predictor")
-        engine = "dygraph"
-    if run_distributed(tp, nnodes, master, engine):
-        from ernie_paddle.runtime.distributed import load as load_tp
-
-        runtime = load_tp(model, moe=moe_parallel, dtype=dtype, device=device, quantization=quantization)
-    else:
-        runtime = load(model, dtype=dtype, device=device, engine=engine,
-                       **({"quantization": quantization} if quantization else {}))
+    engine = choose_engine(model, engine, quantization, speculative, tp)
+    run_distributed(tp, nnodes, master)  # outside a job, --tp N re-runs this command on N ranks and exits
+    runtime = load(model, dtype=dtype, device=device, engine=engine, quantization=quantization, tp=tp,
+                   moe=moe_parallel)
     if stream:
         _stream(runtime, batch, tok, options)
     else:
@@ -130,8 +120,8 @@ def generate(model, prompts, prompt_ids, prompts_file, max_new_tokens, min_new_t
         width = max(map(len, batch))
         for row in out[:, width:]:
             click.echo(_fmt(row) if tok is None else tok.decode(row.tolist(), skip_special_tokens=True))
-    stats = getattr(runtime, "speculative_stats", None)
-    if speculative and stats is not None:
+    stats = runtime.speculative_stats if speculative else None
+    if stats is not None:
         click.echo(f"speculative mtp: acceptance rate {stats.acceptance_rate:.3f} ({stats.accepted}/"
                    f"{stats.drafted} drafts), {stats.tokens_per_forward:.2f} tokens per main-model forward",
                    err=True)

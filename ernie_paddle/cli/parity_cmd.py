@@ -35,16 +35,17 @@ def parity(model, reference, prompts_file, max_new_tokens, json_out, atol, engin
     except ImportError as exc:
         raise ErnieError(f"parity needs torch and transformers (pip install 'ernie-paddle[parity]'): "
                          f"{exc}") from None
+    from ernie_paddle.api import choose_engine, load
+
+    engine = choose_engine(model, engine, tp=tp)
     prompts = None
     if prompts_file is not None:
         from ernie_paddle.cli.generate_cmd import collect_prompts
 
         prompts, _ = collect_prompts(model, (), (), prompts_file)
     runtime = None
-    if run_distributed(tp, nnodes, master, engine):
-        from ernie_paddle.runtime.distributed import load as load_tp
-
-        runtime = load_tp(model, moe=moe_parallel, dtype="float32", device="cpu")
+    if run_distributed(tp, nnodes, master):
+        runtime = load(model, dtype="float32", device="cpu", engine=engine, tp=tp, moe=moe_parallel)
     result = run_parity(model, reference, prompts, max_new_tokens=max_new_tokens, atol=atol, engine=engine,
                         runtime=runtime)
     click.echo(format_table(result))

@@ -47,13 +47,13 @@ def serve(model, host, port, api_keys_file, admin_keys_file, data_dir, model_nam
     """
     from pathlib import Path
 
+    from ernie_paddle.api import choose_engine
     from ernie_paddle.errors import ErnieError
     from ernie_paddle.server import Settings, run_server
 
     if not Path(model).is_dir():
         raise ErnieError("model folder does not exist", model)
-    if speculative and engine == "predictor":
-        raise ErnieError("--speculative runs on the dygraph engine, not the predictor")
+    engine = choose_engine(model, engine, speculative=speculative, tp=tp)
     if speculative and tp > 1:
         raise click.UsageError("--speculative serves one sequence at a time on one process; it does not "
                                "combine with --tp")
@@ -61,7 +61,7 @@ def serve(model, host, port, api_keys_file, admin_keys_file, data_dir, model_nam
                         max_batch=max_batch, data_dir=data_dir, api_keys_file=api_keys_file,
                         admin_keys_file=admin_keys_file, device=device, num_threads=threads,
                         engine=engine, speculative=speculative, num_draft=num_draft, image_dir=image_dir)
-    if run_distributed(tp, nnodes, master, engine):
+    if run_distributed(tp, nnodes, master):
         from ernie_paddle.server.tp import serve_tp
 
         serve_tp(settings, moe_parallel, host=host, port=port, log_level=log_level)

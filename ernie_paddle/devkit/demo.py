@@ -68,7 +68,7 @@ def step_inspect(ctx: DemoContext, echo) -> None:
 
 def step_generate(ctx: DemoContext, echo) -> None:
     """Load each Paddle folder with this runtime and continue a chat prompt (random weights: noise)."""
-    from ernie_paddle.runtime.loading import load
+    from ernie_paddle.api import load
     from ernie_paddle.tokenizer.ernie_tokenizer import ErnieTokenizer
 
     for kind in KINDS:

@@ -1,6 +1,6 @@
 """Build a model whose quantized linears stay compact: prequantized checkpoints and quantization on load.
 
-``loading.load`` calls :func:`load_quantized` when the checkpoint's config.json has a
+``runtime.text`` calls :func:`load_quantized` when the checkpoint's config.json has a
 ``quantization_config`` or when ``quantization=`` asks for online quantization. The model is built
 without allocating parameters (``paddle.LazyGuard``); each linear that the checkpoint stores quantized
 (``P.quant_weight`` + scales, probed by name, as FastDeploy does) or that the online method covers is
@@ -24,6 +24,7 @@ from ernie_paddle.models.layers import Linear
 from ernie_paddle.models.quantized import RuntimeQuantLinear
 from ernie_paddle.quant import fp8, weight_only
 from ernie_paddle.quant.config import QuantConfig, online, parse
+from ernie_paddle.runtime.weights import build_model, load_weights, tensor_stream
 
 ONLINE_METHODS = ("wint8", "wint4", "fp8")
 _IGNORED = ("activation_scale",)  # named by FastDeploy's key map for block-wise FP8, never read
@@ -189,19 +190,19 @@ class _Router:
                              f"'{missing[0]}.{what}'", self.source)
 
 
-def load_quantized(ckpt, config, dtype: str, qc: QuantConfig, online_: bool, build_model, load_weights,
-                   tensors: Iterable[tuple[str, np.ndarray]] | None = None):
-    """An ErnieForCausalLM for ``ckpt`` with RuntimeQuantLinears where ``qc`` (and the tensors) say.
-
-    ``tensors``: the (parameter name, array) pairs to load (default: every tensor of ``ckpt``); the
-    tensor-parallel loader passes its rank's slices, which online quantization then quantizes.
-    """
+def load_quantized(ckpt, config, dtype: str, qc: QuantConfig, online_: bool):
+    """An ErnieForCausalLM for ``ckpt`` with RuntimeQuantLinears where ``qc`` (and the tensors) say."""
     with paddle.LazyGuard():
         model = build_model(config, dtype)
+    return fill_quantized(model, ckpt, qc, online_, tensor_stream(ckpt, dtype))
+
+
+def fill_quantized(model: nn.Layer, ckpt, qc: QuantConfig, online_: bool,
+                   tensors: Iterable[tuple[str, np.ndarray]]) -> nn.Layer:
+    """Load ``tensors`` (parameter name, array) into ``model``, built under ``paddle.LazyGuard``, with
+    RuntimeQuantLinears where ``qc`` says; the tensor-parallel loader passes its rank's slices here."""
     stubs = prepare(model, ckpt, qc, online_)
     router = _Router(model, stubs, qc, ckpt.folder)
-    if tensors is None:
-        tensors = layout.iter_paddle_tensors(ckpt, "float32" if dtype == "float32" else "keep")
     load_weights(model, router(tensors), ckpt.folder)
     router.finish()
     model.quantization = qc

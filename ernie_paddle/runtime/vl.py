@@ -3,6 +3,7 @@
 Weights go through the converter's VL rule table (HF tensors mapped on the fly) into Paddle-owned memory.
 Generation reuses the text runtime's loop (sampling, stop ids) through a small adapter that feeds the
 multimodal prompt on the first step and then continues 3-D positions as text positions + the rope delta.
+Every method takes ``VLInputs`` (``ErnieVLRuntime.inputs``) or plain token ids of a text-only prompt.
 """
 
 from __future__ import annotations
@@ -13,30 +14,36 @@ from pathlib import Path
 import numpy as np
 import paddle
 
-from converters import layout
 from converters.layout_vl import canonical_paddle_key
 from ernie_paddle.config.text import ErnieConfig
-from ernie_paddle.config.vl import vision_spec
+from ernie_paddle.config.vl import token_ids, vision_spec
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import open_checkpoint
 from ernie_paddle.models.vl import ErnieVLForConditionalGeneration
 from ernie_paddle.models.vl.rope3d import rope_index
-from ernie_paddle.runtime.generation import generate, read_generation_config, stream
-from ernie_paddle.runtime.loading import available_cores, load_weights, resolve_device, resolve_dtype
+from ernie_paddle.runtime.generation import generate, pad_batch, read_generation_config, stream
+from ernie_paddle.runtime.setup import Placement, setup
+from ernie_paddle.runtime.weights import default_dtype, load_weights, tensor_stream
 from ernie_paddle.tokenizer.image_preprocess import ImageOptions
-from ernie_paddle.tokenizer.vl_prompt import VLInputs, build_inputs, user_message
+from ernie_paddle.tokenizer.vl_prompt import VLInputs, build_inputs, modality_types, user_message
 
 
 def build_vl_model(config: ErnieConfig, dtype: str = "float32") -> ErnieVLForConditionalGeneration:
     """The VL model with zero-initialised parameters in ``dtype`` (routers and bias stay float32)."""
-    old = paddle.get_default_dtype()
-    paddle.set_default_dtype(dtype)
-    try:
+    with default_dtype(dtype):
         model = ErnieVLForConditionalGeneration(config)
-    finally:
-        paddle.set_default_dtype(old)
     model.eval()
     return model
+
+
+def as_inputs(config: ErnieConfig, prompt) -> VLInputs:
+    """``prompt`` as VLInputs: itself, or token ids [B, T] / [T] of a text-only prompt (rows of equal length)."""
+    if isinstance(prompt, VLInputs):
+        return prompt
+    ids, mask = pad_batch(prompt)
+    if not mask.all():
+        raise ErnieError("padded batches are not supported for VL prompts (give rows of equal length)")
+    return VLInputs(ids, *modality_types(ids, token_ids(config)))
 
 
 def prepare(model: ErnieVLForConditionalGeneration, inputs: VLInputs):
@@ -100,7 +107,12 @@ class _PromptedModel:
 
 
 class ErnieVLRuntime:
-    """A loaded VL model: ``inputs(prompt, images)``, ``logits(inputs)``, ``generate(inputs)``, ``stream``."""
+    """A loaded VL model: ``inputs(prompt, images)``, ``logits``, ``generate``, ``stream``, ``close``.
+
+    ``logits``, ``generate`` and ``stream`` take VLInputs or plain token ids (see ``as_inputs``).
+    """
+
+    engine = "dygraph"
 
     def __init__(self, model, folder: Path | None, device: str, dtype: str, generation_defaults: dict | None = None):
         self.model, self.config, self.folder = model, model.config, folder
@@ -122,37 +134,43 @@ class ErnieVLRuntime:
         messages = messages if messages is not None else user_message(prompt or "", list(images))
         return build_inputs(self.tokenizer, self.config, messages, self.image_options, **template_vars)
 
-    def logits(self, inputs: VLInputs) -> np.ndarray:
+    def logits(self, inputs) -> np.ndarray:
         """Float32 logits [B, T, V] of the whole prompt."""
         with paddle.no_grad():
-            embeds, positions, mask, _ = prepare(self.model, inputs)
+            embeds, positions, mask, _ = prepare(self.model, as_inputs(self.config, inputs))
             return self.model(embeds, positions, mask).numpy()
 
-    def stream(self, inputs: VLInputs, max_new_tokens: int | None = None, **sampling) -> Iterator[np.ndarray]:
+    def stream(self, inputs, max_new_tokens: int | None = None, **sampling) -> Iterator[np.ndarray]:
+        """Yield the new token ids [B] one step at a time."""
+        inputs = as_inputs(self.config, inputs)
         return stream(_PromptedModel(self.model, inputs), inputs.input_ids, defaults=self.generation_defaults,
                       max_new_tokens=max_new_tokens, **sampling)
 
-    def generate(self, inputs: VLInputs, max_new_tokens: int | None = None, **sampling) -> np.ndarray:
+    def generate(self, inputs, max_new_tokens: int | None = None, **sampling) -> np.ndarray:
         """Prompt plus new ids [B, T + N]; greedy unless a sampling option is given."""
+        inputs = as_inputs(self.config, inputs)
         with paddle.no_grad():
             return generate(_PromptedModel(self.model, inputs), inputs.input_ids, defaults=self.generation_defaults,
                             max_new_tokens=max_new_tokens, **sampling)
+
+    def close(self) -> None:
+        """Drop the weights; the runtime cannot run afterwards."""
+        self.model = None
+
+
+def vl_runtime(ckpt, place: Placement) -> ErnieVLRuntime:
+    """The ErnieVLRuntime of an opened VL checkpoint on an already set-up ``place``."""
+    if ckpt.config.family != "vl":
+        raise ErnieError(f"expected an ERNIE 4.5 VL checkpoint, the config is a {ckpt.config.family} model",
+                         ckpt.folder / "config.json")
+    model = build_vl_model(ckpt.config, place.dtype)
+    tensors = ((canonical_paddle_key(k), a) for k, a in tensor_stream(ckpt, place.dtype))
+    load_weights(model, tensors, ckpt.folder)
+    return ErnieVLRuntime(model, ckpt.folder, place.device, place.dtype, read_generation_config(ckpt.folder))
 
 
 def load_vl(path, dtype: str | None = None, device: str | None = None,
             num_threads: int | None = None) -> ErnieVLRuntime:
     """Load a VL checkpoint folder in either layout."""
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
-    paddle.set_device(device)
-    if device == "cpu":
-        paddle.base.core.set_num_threads(num_threads or available_cores())
-    ckpt = open_checkpoint(path)
-    if ckpt.config.family != "vl":
-        raise ErnieError(f"expected an ERNIE 4.5 VL checkpoint, the config is a {ckpt.config.family} model",
-                         Path(path) / "config.json")
-    model = build_vl_model(ckpt.config, dtype)
-    tensors = ((canonical_paddle_key(k), a) for k, a in
-               layout.iter_paddle_tensors(ckpt, "float32" if dtype == "float32" else "keep"))
-    load_weights(model, tensors, ckpt.folder)
-    return ErnieVLRuntime(model, ckpt.folder, device, dtype, read_generation_config(ckpt.folder))
+    place = setup(device, dtype, num_threads)
+    return vl_runtime(open_checkpoint(path), place)

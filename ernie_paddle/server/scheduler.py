@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ernie_paddle.runtime.protocols import StepEngine
 from ernie_paddle.server.sampling import RowSampler, SamplingParams, TokenChoice, sample_rows
 
 log = logging.getLogger("ernie_paddle.server")
@@ -43,12 +44,11 @@ class Sequence:
 class Scheduler:
     """Owns the model: ``submit`` sequences from any thread; events go back through each sink.
 
-    ``engine``: prefill / decode / merge / select (see ``engine.EagerEngine``), and optionally ``activate()``
-    (run first in the worker thread), ``idle()`` (run between steps while nothing is running) and ``close()``
-    (run when the worker stops).
+    ``engine``: a ``StepEngine`` (``ernie_paddle.runtime.protocols``): ``activate()`` runs first in the worker
+    thread, ``idle()`` between steps while nothing is running and ``close()`` when the worker stops.
     """
 
-    def __init__(self, engine, max_batch: int = 32, on_step: Callable[[int, float], None] | None = None):
+    def __init__(self, engine: StepEngine, max_batch: int = 32, on_step: Callable[[int, float], None] | None = None):
         self.engine = engine
         self.max_batch = max_batch
         self.on_step = on_step
@@ -79,8 +79,14 @@ class Scheduler:
 
     # -- worker --------------------------------------------------------------------------------------------
     def _run(self) -> None:
-        if hasattr(self.engine, "activate"):
-            self.engine.activate()
+        self.engine.activate()
+        try:
+            self._loop()
+        finally:
+            self.engine.close()
+
+    def _loop(self) -> None:
+        """Run steps until ``stop``; a failed step ends the sequences it held."""
         while not self._stop.is_set():
             try:
                 self._step()
@@ -89,8 +95,6 @@ class Scheduler:
                 for seq in self._active:
                     seq.sink(("error", f"generation failed: {exc}"))
                 self._active, self._cache = [], None
-        if hasattr(self.engine, "close"):
-            self.engine.close()
 
     def _emit(self, seq: Sequence, choice: TokenChoice) -> bool:
         """Send a token; return True when the sequence is finished."""
@@ -130,7 +134,7 @@ class Scheduler:
             if not seq.cancelled:
                 new.append(seq)
         if not new:
-            if not self._active and hasattr(self.engine, "idle"):
+            if not self._active:
                 self.engine.idle()
             return
         try:

@@ -23,13 +23,13 @@ class SequentialScheduler(Scheduler):
     runs after every sequence (e.g. to read speculative counters); ``stream_options`` go to every stream."""
 
     def __init__(self, runtime, to_input: Callable, on_done: Callable | None = None, **stream_options):
-        super().__init__(runtime, max_batch=1)
+        super().__init__(None, max_batch=1)  # no step engine: the runtime's own stream runs each sequence
         self.runtime, self.to_input, self.on_done, self.stream_options = runtime, to_input, on_done, stream_options
 
     def _run(self) -> None:
         if getattr(self.runtime, "device", None):
             paddle.set_device(self.runtime.device)  # per thread
-        super()._run()
+        self._loop()
 
     def _step(self) -> None:
         try:

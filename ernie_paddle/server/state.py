@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ernie_paddle.errors import ErnieError
+from ernie_paddle.runtime.protocols import Model, StepEngine
 from ernie_paddle.server.auth import KeyRing
 from ernie_paddle.server.metrics import server_metrics
 from ernie_paddle.server.usage import UsageStore, default_data_dir
@@ -30,7 +31,7 @@ class Settings:
     admin_keys_file: str | None = None
     device: str | None = None
     num_threads: int | None = None
-    engine: str | None = None  # "auto", "predictor" or "dygraph" (see ernie_paddle.runtime.predictor.resolve_engine)
+    engine: str | None = None  # "auto", "predictor" or "dygraph" (see ernie_paddle.api.choose_engine)
     speculative: str | None = None  # "mtp": draft with the MTP layer, one sequence at a time
     num_draft: int = 1
     image_dir: str | None = None  # local image paths must lie under it; None refuses local paths
@@ -42,7 +43,8 @@ class Settings:
 class ServerState:
     """Loads the model in a background thread; ``ready`` turns true once it can serve."""
 
-    def __init__(self, settings: Settings, runtime=None, tokenizer=None, step_engine=None):
+    def __init__(self, settings: Settings, runtime: Model | None = None, tokenizer=None,
+                 step_engine: StepEngine | None = None):
         self.settings = settings
         self.step_engine = step_engine  # None: made from the runtime (see _make_scheduler)
         self.keys = KeyRing.from_files(settings.api_keys_file, settings.admin_keys_file)
@@ -60,13 +62,13 @@ class ServerState:
             self._load()
 
     def _load(self) -> None:
-        from ernie_paddle.runtime.loading import load
+        from ernie_paddle.api import choose_engine, load
         from ernie_paddle.tokenizer.ernie_tokenizer import ErnieTokenizer
 
         try:
             s = self.settings
             if self.runtime is None:
-                engine = "dygraph" if s.speculative else s.engine  # speculation needs the eager model
+                engine = choose_engine(s.model_path, s.engine, speculative=s.speculative)
                 self.runtime = load(s.model_path, device=s.device, num_threads=s.num_threads, engine=engine)
             if self.tokenizer is None:
                 self.tokenizer = ErnieTokenizer.from_folder(s.model_path)
@@ -82,22 +84,16 @@ class ServerState:
         """Continuous batching, or one sequence at a time through the runtime's ``stream`` (VL, speculative)."""
         s = self.settings
         if not self.sequential:
-            from ernie_paddle.server.engine import EagerEngine
             from ernie_paddle.server.scheduler import Scheduler
 
-            engine = self.step_engine
-            if engine is None:
-                make_engine = getattr(self.runtime, "make_engine", None)  # the predictor brings its own
-                engine = make_engine() if make_engine else EagerEngine(self.runtime)
+            engine = self.step_engine or self.runtime.step_engine()  # a BatchingModel brings its own
             return Scheduler(engine, s.max_batch, on_step=self._on_step)
         from ernie_paddle.server.sequential import SequentialScheduler
 
         if self.is_vl:
             if s.speculative:
                 raise ErnieError("--speculative runs on ERNIE 4.5 text models with an MTP layer, not VL models")
-            from ernie_paddle.server.images import vl_input
-
-            return SequentialScheduler(self.runtime, lambda p: vl_input(self.runtime.config, p))
+            return SequentialScheduler(self.runtime, lambda p: p)  # VL inputs, or token ids of a text prompt
         from ernie_paddle.runtime.speculative import check_method
 
         check_method(self.runtime.model, s.speculative, s.num_draft)
@@ -105,14 +101,14 @@ class ServerState:
                                    speculative=s.speculative, num_draft=s.num_draft)
 
     def _on_sequence(self, runtime) -> None:
-        stats = getattr(runtime, "speculative_stats", None)
+        stats = runtime.speculative_stats
         if stats is not None:
             self.metrics.inc("speculative_draft_tokens_total", stats.drafted)
             self.metrics.inc("speculative_accepted_tokens_total", stats.accepted)
 
     @property
     def is_vl(self) -> bool:
-        return getattr(getattr(self.runtime, "config", None), "family", None) == "vl"
+        return self.runtime is not None and self.runtime.config.family == "vl"
 
     @property
     def sequential(self) -> bool:
@@ -137,7 +133,7 @@ class ServerState:
 
     @property
     def generation_defaults(self) -> dict:
-        return getattr(self.runtime, "generation_defaults", None) or {}
+        return self.runtime.generation_defaults
 
     def close(self) -> None:
         if self.scheduler:

@@ -18,11 +18,10 @@ def serve_tp(settings: Settings, moe: str, host: str = "127.0.0.1", port: int = 
     """Serve ``settings.model_path`` from this rank's part of the model until rank 0 is stopped."""
     from ernie_paddle.runtime.distributed import get_comm, load
     from ernie_paddle.runtime.distributed.steps import LeaderEngine, follow
-    from ernie_paddle.server.engine import EagerEngine
 
     comm = get_comm()
     runtime = load(settings.model_path, moe=moe, device=settings.device, num_threads=settings.num_threads)
-    engine = EagerEngine(runtime)
+    engine = runtime.step_engine()
     if comm.rank != 0:
         follow(engine, comm)
         return

@@ -53,7 +53,7 @@ class _ThreadServer:
 @pytest.fixture(scope="module")
 def fitted(tiny_ckpts):
     """A tiny MoE model whose MTP layer is fitted to it (real acceptance), as in tests/test_speculative.py."""
-    from ernie_paddle.runtime.loading import load
+    from ernie_paddle.api import load
 
     folder = tiny_ckpts("spec-moe2", "moe", mtp=1, num_hidden_layers=2, bias_scale=0.1)
     rt = load(folder, device="cpu")
@@ -88,7 +88,7 @@ def test_speculative_server_is_greedy_identical_and_counts_acceptance(fitted, tm
 
 def test_serve_cli_speculative_matches_plain_greedy(moe_hf, tmp_path):
     """The CLI flags end to end on a checkpoint with a random MTP layer (drafts, maybe no accepts)."""
-    from ernie_paddle.runtime.loading import load
+    from ernie_paddle.api import load
 
     prompt = PROMPTS[0]
     want = load(moe_hf, device="cpu").generate([prompt], max_new_tokens=16, stop_token_ids=[])[0, 7:].tolist()

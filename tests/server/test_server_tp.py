@@ -15,9 +15,9 @@ import openai
 import pytest
 from server_env import ADMIN_KEY, MODEL_NAME, USER_KEYS, ServerProcess
 
+from ernie_paddle.runtime.batching import EagerEngine
 from ernie_paddle.runtime.distributed import runinfo
 from ernie_paddle.runtime.distributed.steps import DECODE, HEARTBEAT, STOP, LeaderEngine, follow
-from ernie_paddle.server.engine import EagerEngine
 
 CHAT = [{"role": "user", "content": "数据 模型 hello"}]
 PROMPTS = [f"模型 {i} data {i * 3}" for i in range(6)]
@@ -32,7 +32,7 @@ def tp_models(tiny_ckpts):
 
 def _reference(folder):
     """greedy(ids, n) -> new ids from the single-process runtime, stopping at the tokenizer's stop ids."""
-    from ernie_paddle.runtime.loading import load
+    from ernie_paddle.api import load
     from ernie_paddle.tokenizer.ernie_tokenizer import ErnieTokenizer
 
     runtime, tok = load(folder, engine="dygraph"), ErnieTokenizer.from_folder(folder)
@@ -170,7 +170,7 @@ class _LogitsEngine(EagerEngine):
 def test_follower_replays_prefill_merge_select_and_drops(tp_models):
     """In one process: a follower fed rank 0's messages computes the same decode logits at every step,
     across prefills, a merge, row selection and a dropped cache, and stops on STOP."""
-    from ernie_paddle.runtime.loading import load
+    from ernie_paddle.api import load
 
     runtime = load(tp_models["dense"], engine="dygraph")
     comm = _RecordingComm()

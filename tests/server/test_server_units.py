@@ -8,9 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ernie_paddle.errors import ErnieError
+from ernie_paddle.runtime.batching import EagerEngine
 from ernie_paddle.server import Settings, create_app
 from ernie_paddle.server.auth import KeyRing, key_id, read_keys
-from ernie_paddle.server.engine import EagerEngine
 from ernie_paddle.server.metrics import Metrics
 from ernie_paddle.server.sampling import SamplingParams
 from ernie_paddle.server.scheduler import Scheduler, Sequence

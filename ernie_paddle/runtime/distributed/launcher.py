@@ -1,7 +1,7 @@
 """Start a command as a paddle.distributed job and report how it ended, naming any rank that failed.
 
-``relaunch(argv, nproc)`` runs ``python -m paddle.distributed.launch --nproc_per_node N worker.py ARGV``
-(with ``--nnodes``/``--master`` for several hosts), shows rank 0's stdout and stderr as they come, and
+``relaunch(script, argv, nproc)`` runs ``python -m paddle.distributed.launch --nproc_per_node N SCRIPT ARGV``
+(with ``--nnodes``/``--master`` for several hosts; the CLI passes its per-rank entry script), shows rank 0's stdout and stderr as they come, and
 returns an exit status: 0; 2 when the ranks refused the input (the message was already shown); 1 with a
 message naming the rank when a rank died or failed. Logs of every rank stay in the run folder on failure.
 SIGTERM and SIGINT are passed on: a job they stop ends with 0 when every rank exits 0 (a server that shut
@@ -23,7 +23,6 @@ from pathlib import Path
 from ernie_paddle.runtime.distributed import runinfo
 from ernie_paddle.runtime.distributed.runinfo import PEER_LOST_EXIT
 
-WORKER = Path(__file__).with_name("worker.py")
 ABORTED = 130  # exit status of a job stopped by a signal before its ranks ended cleanly
 _FAILED = re.compile(r"Container rank (\d+) status failed .*? code (-?\d+)")
 
@@ -47,7 +46,7 @@ class _Tail:
             self.out.flush()
 
 
-def launch_command(argv: list[str], nproc: int, log_dir: Path, nnodes: int = 1,
+def launch_command(script: Path, argv: list[str], nproc: int, log_dir: Path, nnodes: int = 1,
                    master: str | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
            "--log_dir", str(log_dir)]
@@ -55,14 +54,15 @@ def launch_command(argv: list[str], nproc: int, log_dir: Path, nnodes: int = 1,
         cmd += ["--nnodes", str(nnodes)]
     if master:
         cmd += ["--master", master]
-    return cmd + [str(WORKER), *argv]
+    return cmd + [str(script), *argv]
 
 
-def relaunch(argv: list[str], nproc: int, nnodes: int = 1, master: str | None = None) -> int:
-    """Run ``ernie-paddle ARGV`` on ``nproc`` local ranks (of ``nproc * nnodes``); the exit status."""
+def relaunch(script: Path, argv: list[str], nproc: int, nnodes: int = 1, master: str | None = None) -> int:
+    """Run ``script ARGV`` (one rank's entry script) on ``nproc`` local ranks (of ``nproc * nnodes``); the
+    exit status."""
     run = Path(tempfile.mkdtemp(prefix="ernie-paddle-tp-"))
     env = {**os.environ, runinfo.RUN_DIR_ENV: str(run)}
-    cmd = launch_command(argv, nproc, run / "logs", nnodes, master)
+    cmd = launch_command(script, argv, nproc, run / "logs", nnodes, master)
     tails = [_Tail(run / "stdout", sys.stdout.buffer), _Tail(run / "stderr", sys.stderr.buffer)]
     stopped = False
 

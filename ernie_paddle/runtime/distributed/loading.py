@@ -24,18 +24,11 @@ from ernie_paddle.io.checkpoint import open_checkpoint
 from ernie_paddle.runtime.distributed.comm import Comm, get_comm, local_world_size
 from ernie_paddle.runtime.distributed.model import MOE_MODES, TPErnieForCausalLM, TPPlan
 from ernie_paddle.runtime.generation import read_generation_config
-from ernie_paddle.runtime.loading import (
-    ErnieRuntime,
-    _default_dtype,
-    _mtp_layers,
-    available_cores,
-    load_weights,
-    resolve_device,
-    resolve_dtype,
-    tune_cpu_math,
-)
-from ernie_paddle.runtime.quantized_loading import load_quantized
+from ernie_paddle.runtime.quantized_loading import fill_quantized
 from ernie_paddle.runtime.quantized_loading import resolve as resolve_quantization
+from ernie_paddle.runtime.setup import resolve_device, setup
+from ernie_paddle.runtime.text import TEXT_FAMILIES, ErnieRuntime
+from ernie_paddle.runtime.weights import default_dtype, load_weights, mtp_layers
 
 
 def rank_slice(key: str, arr: np.ndarray, config: ErnieConfig, tp: int, rank: int) -> np.ndarray:
@@ -88,7 +81,7 @@ def open_rank_source(path, plan: TPPlan):
         ckpt = open_checkpoint(path / f"rank{plan.rank}", config)
         return config, ckpt, lambda cfg, dtype: _split_tensors(ckpt)
     ckpt = open_checkpoint(path)
-    config = ckpt.config.replace(num_nextn_predict_layers=_mtp_layers(ckpt))
+    config = ckpt.config.replace(num_nextn_predict_layers=mtp_layers(ckpt))
     return config, ckpt, lambda cfg, dtype: _full_tensors(ckpt, cfg, plan, dtype)
 
 
@@ -135,13 +128,10 @@ def load(path, moe: str = "tp", dtype: str | None = None, device: str | None = N
     device = resolve_device(device)
     if device.startswith("gpu"):
         device = f"gpu:{paddle.distributed.ParallelEnv().device_id}"
-    dtype = resolve_dtype(dtype, device)
-    paddle.set_device(device)
-    if device == "cpu":
-        tune_cpu_math()
-        paddle.base.core.set_num_threads(num_threads or max(1, available_cores() // local_world_size()))
+    place = setup(device, dtype, num_threads, share=local_world_size())
+    device, dtype = place.device, place.dtype
     config, ckpt, tensors = open_rank_source(path, plan)
-    if config.family not in ("dense", "moe"):
+    if config.family not in TEXT_FAMILIES:
         raise ErnieError(f"this runtime runs ERNIE 4.5 text models; the config is a {config.family} model",
                          Path(path) / "config.json")
     tp_split.check_degree(config, plan.tp, Path(path) / "config.json")
@@ -150,18 +140,20 @@ def load(path, moe: str = "tp", dtype: str | None = None, device: str | None = N
         raise ErnieError("the tensor-parallel runtime does not load checkpoints stored quantized; give it the "
                          "float checkpoint with --quantization wint8|wint4|fp8 instead", ckpt.folder)
 
-    def build(cfg: ErnieConfig, dt: str) -> TPErnieForCausalLM:
-        with _default_dtype(dt):
-            built = TPErnieForCausalLM(cfg, plan, comm)
+    def build() -> TPErnieForCausalLM:
+        with default_dtype(dtype):
+            built = TPErnieForCausalLM(config, plan, comm)
         built.eval()
         return built
 
     rank_tensors = tensors(config, "float32" if dtype == "float32" else "keep")
     if quant is None:
-        model = build(config, dtype)
+        model = build()
         load_weights(model, rank_tensors, ckpt.folder)
         if device == "cpu":
             model.prepare_head()
     else:
-        model = load_quantized(ckpt, config, dtype, quant, True, build, load_weights, rank_tensors)
+        with paddle.LazyGuard():
+            model = build()
+        model = fill_quantized(model, ckpt, quant, True, rank_tensors)
     return TPRuntime(model, Path(path), device, dtype, read_generation_config(path))

@@ -1,8 +1,8 @@
 """Rank 0's step-engine calls replayed on the other ranks, so a batching server can drive a TP model.
 
 The server's scheduler runs on rank 0 only. ``LeaderEngine`` wraps rank 0's step engine (prefill, decode,
-merge, select; see ``ernie_paddle.server.engine``): each call is first broadcast to the other ranks as one
-int64 message, then made locally. ``follow`` runs on every other rank: it receives each message and makes
+merge, select; see ``ernie_paddle.runtime.protocols.StepEngine``): each call is first broadcast to the
+other ranks as one int64 message, then made locally. ``follow`` runs on every other rank: it receives each message and makes
 the same call on its own engine, so the collectives inside the tensor-parallel forward pair up and every
 rank's KV caches evolve identically. Only rank 0 samples; the followers drop their logits.
 

@@ -1,6 +1,6 @@
 """Which engine runs a folder: the exported Paddle Inference predictor or eager (dygraph) Paddle.
 
-``loading.load`` and the CLI ask ``resolve_engine``; the CLI default is "auto".
+``ernie_paddle.api.choose_engine`` asks ``resolve_engine`` after its own rules; the CLI default is "auto".
 """
 
 from __future__ import annotations

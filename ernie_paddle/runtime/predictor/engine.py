@@ -1,6 +1,6 @@
 """The server's step engine over a predictor: prefill, decode, and merging/selecting rows of KV buffers.
 
-Same contract as ``server.engine.EagerEngine``: rows of different lengths share one buffer by left padding;
+Same contract (``runtime.protocols.StepEngine``) as ``runtime.batching.EagerEngine``: rows of different lengths share one buffer by left padding;
 the key mask hides the padding and positions count real tokens only. Merging and selecting copy the
 buffer (they happen when the batch changes, not per token).
 """
@@ -11,7 +11,7 @@ import numpy as np
 import paddle
 
 from ernie_paddle.runtime.generation import pad_batch
-from ernie_paddle.runtime.predictor.runner import PredictorCache, PredictorModel
+from ernie_paddle.runtime.predictor.model import PredictorCache, PredictorModel
 
 
 def _left_pad_kv(kv: paddle.Tensor, n: int, length: int, capacity: int) -> paddle.Tensor:
@@ -29,10 +29,16 @@ class PredictorEngine:
     def __init__(self, model: PredictorModel):
         self.model = model
         self.device = model.predictor.device
-        self.pad_id = int(getattr(model.config, "pad_token_id", 0) or 0)
+        self.pad_id = int(model.config.pad_token_id or 0)
 
     def activate(self) -> None:
         paddle.set_device(self.device)
+
+    def idle(self) -> None:
+        """Nothing to do between steps."""
+
+    def close(self) -> None:
+        """Nothing to release: the runtime owns the predictor."""
 
     def prefill(self, prompts: list[list[int]], reserve: int = 64):
         ids, mask = pad_batch(prompts, self.pad_id)

@@ -95,7 +95,7 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
     """Export the checkpoint folder ``source`` (HF or Paddle layout) to the folder ``out``; ``quantization``
     quantizes on load (then dequantizes, like a quantized checkpoint: see the module docstring)."""
     from ernie_paddle.io.checkpoint import open_checkpoint
-    from ernie_paddle.runtime.loading import load
+    from ernie_paddle.runtime.text import load_text
 
     source, out = Path(source), Path(out)
     if mf.is_export_folder(source):
@@ -109,8 +109,7 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
     if max_batch < 1 or (max_seq_len is not None and max_seq_len < 2):
         raise ErnieError("--max-batch must be >= 1 and --max-seq-len >= 2")
     digest = digest or mf.checkpoint_digest(source)
-    rt = load(source, dtype=dtype, device=device, engine="dygraph",
-              **({"quantization": quantization} if quantization else {}))
+    rt = load_text(source, dtype=dtype, device=device, quantization=quantization)
     config = rt.config
     method = dequantize_linears(rt.model)
     max_seq_len = int(max_seq_len or config.max_position_embeddings)

@@ -1,11 +1,9 @@
-"""Run an export folder with ``paddle.inference``: the ``Predictor``, its KV buffer, and a runtime.
+"""Run an export folder with ``paddle.inference``: the ``Predictor``, one step of the exported program.
 
 ``Predictor`` wraps ``paddle.inference.Config`` + ``create_predictor`` (oneDNN and a thread count on CPU,
-the GPU when Paddle has CUDA). The KV buffer is a Paddle tensor allocated once per generation (grown by
-doubling when it fills) and handed to the predictor with ``share_external_data``: the program writes each
-step's keys/values into it in place, so nothing copies the cache between steps; the other inputs are a
-few int64 values per token. ``PredictorModel`` gives the predictor the call signature of
-``ErnieForCausalLM`` so that sampling, batching and streaming are the very code dygraph uses.
+the GPU when Paddle has CUDA). The KV buffer (``predictor.model.PredictorCache``) is handed to the
+predictor with ``share_external_data``: the program writes each step's keys/values into it in place, so
+nothing copies the cache between steps; the other inputs are a few int64 values per token.
 """
 
 from __future__ import annotations
@@ -21,16 +19,9 @@ import paddle.inference as pdi
 
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
-from ernie_paddle.runtime.generation import read_generation_config
-from ernie_paddle.runtime.loading import (
-    ErnieRuntime,
-    available_cores,
-    resolve_device,
-    resolve_dtype,
-    tune_cpu_math,
-)
 from ernie_paddle.runtime.predictor import manifest as mf
 from ernie_paddle.runtime.predictor.program import INPUT_NAMES
+from ernie_paddle.runtime.setup import setup
 
 ONEDNN_NOTE = """oneDNN is off by default on CPU: with it, every decode step changes the key length, so each op
 re-creates its oneDNN primitive (about 1 ms per op); decode of the 0.3B shape ran several times slower than
@@ -84,7 +75,8 @@ class Predictor:
         self.dtype = self.manifest["dtype"]
         self.max_seq_len = int(self.manifest["max_seq_len"])
         self.max_batch = int(self.manifest["max_batch"])
-        self.device = resolve_device(device)
+        place = setup(device, None, num_threads)  # MKL's AVX2 kernels on AMD: before the first matmul
+        self.device = place.device
         if self.device == "cpu" and self.dtype != "float32":
             raise ErnieError(f"this export computes in {self.dtype}, which Paddle cannot run on CPU; export "
                              "again with --dtype float32 for CPU", self.folder)
@@ -94,16 +86,13 @@ class Predictor:
         cfg = pdi.Config(str(self.folder / mf.PROGRAM), str(self.folder / mf.PARAMS))
         if self.device.startswith("gpu"):
             cfg.enable_use_gpu(256, int(self.device.partition(":")[2] or 0))
-            paddle.set_device(self.device)
         else:
-            tune_cpu_math()  # MKL's AVX2 kernels on AMD: must happen before the process's first matmul
             cfg.disable_gpu()
             if onednn if onednn is not None else os.environ.get("ERNIE_PADDLE_ONEDNN", "") == "1":
                 cfg.enable_onednn()
             else:  # measured: oneDNN re-creates primitives as the cached length changes (see ONEDNN_NOTE)
                 cfg.disable_onednn()
-            cfg.set_cpu_math_library_num_threads(num_threads or available_cores())
-            paddle.set_device("cpu")
+            cfg.set_cpu_math_library_num_threads(place.threads)
         cfg.disable_glog_info()
         cfg.switch_ir_optim(True)
         with _quiet_stdout():
@@ -142,121 +131,3 @@ class Predictor:
         else:
             self._pred.run()
         return self._out.copy_to_cpu()
-
-
-class PredictorCache:
-    """The KV buffer of one batch plus, like ``KVCache``, the key padding mask and real-token counts."""
-
-    def __init__(self, predictor: Predictor, capacity: int = 0):
-        self.predictor = predictor
-        self.capacity = capacity
-        self.length = 0
-        self.kv: paddle.Tensor | None = None
-        self.key_mask: np.ndarray | None = None  # int64 [B, length], 1 = real token
-        self.seen: np.ndarray | None = None  # int64 [B, 1]
-
-    def prepare(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Positions [B, T] for new tokens with padding ``mask`` [B, T], and the key mask [B, length + T].
-
-        Positions count real tokens only, exactly as ``KVCache.positions_and_mask``.
-        """
-        b, t = mask.shape
-        end = self.length + t
-        if self.kv is None:
-            self.kv = self.predictor.new_kv(b, max(end, self.capacity))
-            self.key_mask, self.seen = np.zeros((b, 0), np.int64), np.zeros((b, 1), np.int64)
-        elif end > self.kv.shape[4]:
-            self._grow(max(end, 2 * self.kv.shape[4]))
-        pos = np.clip(self.seen + np.cumsum(mask, axis=1) - 1, 0, None)
-        return pos, np.concatenate([self.key_mask, mask], axis=1)
-
-    def advance(self, key_mask: np.ndarray) -> None:
-        self.key_mask = key_mask
-        self.length = key_mask.shape[1]
-        self.seen = key_mask.sum(axis=1, keepdims=True)
-
-    def _grow(self, capacity: int) -> None:
-        kv = self.predictor.new_kv(self.kv.shape[2], capacity)
-        kv[:, :, :, :, :self.length] = self.kv[:, :, :, :, :self.length]
-        self.kv = kv
-        self.capacity = capacity
-
-
-class PredictorModel:
-    """``ErnieForCausalLM``'s call interface (``config``, ``new_cache``, ``__call__``) over a Predictor."""
-
-    def __init__(self, predictor: Predictor):
-        self.predictor = predictor
-        self.config = predictor.config
-
-    def new_cache(self, capacity: int = 0) -> PredictorCache:
-        return PredictorCache(self.predictor, capacity)
-
-    def __call__(self, input_ids, cache: PredictorCache | None = None, attention_mask=None,
-                 last_only: bool = False) -> paddle.Tensor:
-        return paddle.to_tensor(self.logits(input_ids, cache, attention_mask, last_only))
-
-    def logits(self, input_ids, cache: PredictorCache | None = None, attention_mask=None,
-               last_only: bool = False) -> np.ndarray:
-        """Float32 logits [B, T, V] (or [B, 1, V]) as numpy; ``cache`` None means a one-off forward."""
-        ids = np.asarray(input_ids.numpy() if isinstance(input_ids, paddle.Tensor) else input_ids, np.int64)
-        b, t = ids.shape
-        if attention_mask is None:
-            mask = np.ones((b, t), np.int64)
-        else:
-            m = attention_mask.numpy() if isinstance(attention_mask, paddle.Tensor) else attention_mask
-            mask = np.asarray(m, dtype=np.int64).reshape(b, t)
-        state = cache if cache is not None else PredictorCache(self.predictor, t)
-        start = state.length
-        positions, key_mask = state.prepare(mask)
-        index = np.array([t - 1] if last_only else np.arange(t), dtype=np.int64)
-        out = self.predictor.run(ids, positions, key_mask, start, index, state.kv)
-        state.advance(key_mask)
-        return out
-
-
-class PredictorRuntime(ErnieRuntime):
-    """``ErnieRuntime``'s interface (``config``, ``logits``, ``generate``, ``stream``) backed by a Predictor."""
-
-    engine = "predictor"
-
-    def __init__(self, predictor: Predictor):
-        super().__init__(PredictorModel(predictor), predictor.folder, predictor.device, predictor.dtype,
-                         read_generation_config(predictor.folder))
-        self.predictor = predictor
-        self.manifest = predictor.manifest
-
-    def logits(self, ids, attention_mask=None) -> np.ndarray:
-        from ernie_paddle.runtime.generation import pad_batch
-
-        ids, mask = pad_batch(ids)
-        if attention_mask is not None:
-            m = attention_mask.numpy() if isinstance(attention_mask, paddle.Tensor) else attention_mask
-            mask = np.asarray(m, dtype=np.int64).reshape(ids.shape)
-        return self.model.logits(ids, None, mask)
-
-    def make_engine(self):
-        """The server's step engine (prefill / decode / merge / select) over this predictor."""
-        from ernie_paddle.runtime.predictor.engine import PredictorEngine
-
-        return PredictorEngine(self.model)
-
-
-def load_predictor(path, dtype: str | None = None, device: str | None = None,
-                   num_threads: int | None = None) -> PredictorRuntime:
-    """A PredictorRuntime for an export folder, or for a checkpoint via the export cache (exported on
-    first use)."""
-    from ernie_paddle.runtime.predictor.export import export_cached, supports
-
-    folder = Path(path)
-    dev = resolve_device(device)
-    want = resolve_dtype(dtype, dev)
-    if not mf.is_export_folder(folder):
-        reason = supports(ErnieConfig.from_file(folder))
-        if reason:
-            raise ErnieError(reason, folder)
-        folder = export_cached(folder, want, dev)
-    elif dtype is not None and want != mf.read_manifest(folder)["dtype"]:
-        raise ErnieError(f"this export computes in {mf.read_manifest(folder)['dtype']}, not {want}; export "
-                         "again for that dtype", folder)
-    return PredictorRuntime(Predictor(folder, dev, num_threads))

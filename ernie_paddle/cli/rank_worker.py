@@ -1,4 +1,4 @@
-"""Entry script of every rank: ``python -m paddle.distributed.launch ... worker.py <ernie-paddle args>``.
+"""Entry script of every rank: ``python -m paddle.distributed.launch ... rank_worker.py <ernie-paddle args>``.
 
 It joins the process group, sends rank 0's console output to the launching process (through files in the
 run folder), runs the ``ernie-paddle`` command line and records how the rank ended, so the launching
@@ -16,7 +16,7 @@ def _fix_path() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     if sys.path and os.path.abspath(sys.path[0] or ".") == here:
         sys.path.pop(0)  # never let this folder's modules shadow others
-    root = os.path.dirname(os.path.dirname(os.path.dirname(here)))  # .../ernie_paddle/runtime/distributed
+    root = os.path.dirname(os.path.dirname(here))  # here is .../ernie_paddle/cli
     if root not in sys.path:
         sys.path.insert(0, root)
 

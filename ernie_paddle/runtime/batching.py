@@ -1,4 +1,4 @@
-"""Step-level access to a loaded model for continuous batching: prefill, decode, merge and drop cache rows.
+"""The dygraph step engine (``protocols.StepEngine``) for continuous batching: prefill, decode, merge, select.
 
 Rows of different lengths share one KV cache by left padding: the cache's key mask hides the padding and
 positions count real tokens only, so a row continues exactly as it would alone. ``merge`` joins a freshly
@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import paddle
 
-from ernie_paddle.errors import ErnieError
 from ernie_paddle.runtime.generation import pad_batch
 
 
@@ -33,17 +32,19 @@ class EagerEngine:
     """Drives an ``ErnieForCausalLM`` (the ``model`` of a loaded runtime) one batched step at a time."""
 
     def __init__(self, runtime):
-        model = getattr(runtime, "model", None)
-        if model is None or not hasattr(model, "new_cache"):
-            raise ErnieError("the server needs a runtime with a step-wise model (ErnieForCausalLM)")
-        self.model = model
-        self.device = getattr(runtime, "device", None)
-        self.pad_id = int(getattr(model.config, "pad_token_id", 0) or 0)
+        self.model = runtime.model
+        self.device = runtime.device
+        self.pad_id = int(self.model.config.pad_token_id or 0)
 
     def activate(self) -> None:
         """Call in the worker thread: Paddle's current device is per thread."""
-        if self.device:
-            paddle.set_device(self.device)
+        paddle.set_device(self.device)
+
+    def idle(self) -> None:
+        """Nothing to do between steps."""
+
+    def close(self) -> None:
+        """Nothing to release: the runtime owns the model."""
 
     def prefill(self, prompts: list[list[int]], reserve: int = 64):
         """New cache for ``prompts`` (left-padded together) and float32 next-token logits [B, V]."""
