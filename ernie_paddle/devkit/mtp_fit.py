@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import paddle
 
+from converters.rules import ROW, match_paddle
 from ernie_paddle.models.kv_cache import KVCache
 from ernie_paddle.runtime.speculative import mtp_forward
 
@@ -67,11 +68,17 @@ def mtp_agreement(model, sequences) -> float:
     return float((drafted.argmax(-1) == main.argmax(-1)).mean())
 
 
+def _is_main_output_projection(name: str) -> bool:
+    """A main decoder layer's row-parallel Linear weight: attention output or MLP / expert down projection."""
+    m = match_paddle(name)
+    return m is not None and m.layer is not None and m.rule.tp == ROW and not m.rule.bias and not m.variant
+
+
 def damp_main_layers(model, scale: float) -> None:
     """Scale every main decoder layer's output projections (attention ``o_proj``, MLP / expert
     ``down_proj``) by ``scale``, so the next token depends mostly on the current one and a fitted MTP
     layer predicts it well. For demos and tests of speculative decoding only: it changes the model."""
     with paddle.no_grad():
         for name, p in model.named_parameters():
-            if name.startswith("ernie.layers.") and name.endswith(("o_proj.weight", "down_proj.weight")):
+            if _is_main_output_projection(name):
                 p.set_value(p * scale)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import paddle
 
-from converters import layout, schema
+from converters import rules
+from converters.plan import iter_paddle_tensors
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import open_checkpoint
@@ -94,8 +95,8 @@ def _mtp_layers(ckpt) -> int:
     """MTP layers present in the checkpoint (some releases ship them without the config key)."""
     keys = ckpt.keys()
     if ckpt.format != "paddle":
-        keys = [m.paddle_key() for m in map(layout.match_hf, keys) if m is not None]
-    return schema.mtp_layers_in(keys)
+        keys = [m.paddle_key() for m in map(rules.match_hf, keys) if m is not None]
+    return rules.mtp_layers_in(keys)
 
 
 def load_weights(model: ErnieForCausalLM, tensors, source: object = None) -> None:
@@ -105,7 +106,7 @@ def load_weights(model: ErnieForCausalLM, tensors, source: object = None) -> Non
     for key, arr in tensors:
         param = params.get(key)
         if param is None:
-            if key == "lm_head.weight" and model.config.tie_word_embeddings:
+            if rules.is_tied_head_copy(key, model.config):
                 continue  # a redundant copy of the tied embedding
             raise ErnieError(f"tensor {key!r} has no place in the model built from config.json", source)
         if tuple(arr.shape) != tuple(param.shape):
@@ -222,7 +223,7 @@ def load(path, dtype: str | None = None, device: str | None = None, num_threads:
         model = load_quantized(ckpt, config, dtype, qc, quantization is not None, build_model, load_weights)
     else:
         model = build_model(config, dtype)
-        load_weights(model, layout.iter_paddle_tensors(ckpt, "float32" if dtype == "float32" else "keep"),
+        load_weights(model, iter_paddle_tensors(ckpt, "float32" if dtype == "float32" else "keep"),
                      ckpt.folder)
     if device == "cpu" and qc is None:  # quantized models keep memory low: no transposed head copy
         model.prepare_head()

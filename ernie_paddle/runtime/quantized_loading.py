@@ -18,7 +18,8 @@ import numpy as np
 import paddle
 from paddle import nn
 
-from converters import layout
+from converters import rules
+from converters.plan import iter_paddle_tensors
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.models.layers import Linear
 from ernie_paddle.models.quantized import RuntimeQuantLinear
@@ -73,7 +74,7 @@ def _quant_prefixes(ckpt) -> dict[str, set[str]]:
     """Paddle linear prefix -> the quantized suffixes the checkpoint stores for it."""
     out: dict[str, set[str]] = {}
     for key in ckpt.keys():
-        m = layout.match_paddle(key)
+        m = rules.match_paddle(key)
         if m is not None and m.variant:
             out.setdefault(m.weight_key()[: -len(".weight")], set()).add(key.rsplit(".", 1)[1])
     return out
@@ -95,7 +96,7 @@ def prepare(model: nn.Layer, ckpt, qc: QuantConfig, online_: bool) -> dict[str, 
     stubs: dict[str, _Pending] = {}
     if online_:
         for key, _ in list(model.named_parameters()):
-            if (layout.is_linear_weight(key) and isinstance(_owner(model, key)[2], Linear) and qc.method_for(key)):
+            if (rules.is_linear_weight(key) and isinstance(_owner(model, key)[2], Linear) and qc.method_for(key)):
                 prefix = key[: -len(".weight")]
                 stubs[prefix] = _install(model, prefix, qc.method_for(key), True, source)
         return stubs
@@ -201,7 +202,7 @@ def load_quantized(ckpt, config, dtype: str, qc: QuantConfig, online_: bool, bui
     stubs = prepare(model, ckpt, qc, online_)
     router = _Router(model, stubs, qc, ckpt.folder)
     if tensors is None:
-        tensors = layout.iter_paddle_tensors(ckpt, "float32" if dtype == "float32" else "keep")
+        tensors = iter_paddle_tensors(ckpt, "float32" if dtype == "float32" else "keep")
     load_weights(model, router(tensors), ckpt.folder)
     router.finish()
     model.quantization = qc

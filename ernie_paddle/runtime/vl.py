@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import paddle
 
-from converters import layout
-from converters.layout_vl import canonical_paddle_key
+from converters.plan import iter_paddle_tensors
+from converters.rules import canonical_paddle_key
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.config.vl import vision_spec
 from ernie_paddle.errors import ErnieError
@@ -153,6 +153,6 @@ def load_vl(path, dtype: str | None = None, device: str | None = None,
                          Path(path) / "config.json")
     model = build_vl_model(ckpt.config, dtype)
     tensors = ((canonical_paddle_key(k), a) for k, a in
-               layout.iter_paddle_tensors(ckpt, "float32" if dtype == "float32" else "keep"))
+               iter_paddle_tensors(ckpt, "float32" if dtype == "float32" else "keep"))
     load_weights(model, tensors, ckpt.folder)
     return ErnieVLRuntime(model, ckpt.folder, device, dtype, read_generation_config(ckpt.folder))
