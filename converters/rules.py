@@ -176,58 +176,39 @@ MLP_WIDTHS = {DENSE_MLP: "intermediate_size", EXPERTS: "moe_intermediate_size", 
 
 
 # ---------------------------------------------------------------------------- VL table
-def _v(d: Dims) -> VisionSpec:
-    assert d.vis is not None
-    return d.vis
-
-
-def _vision(mod: str, scope: str, shape: Shape, weight_op: str = T, bias: bool = True) -> list[Rule]:
-    """A vision-tower module: Linear weights transposed (norms copied); its bias has the output width."""
-    key = f"vision_model.{mod}"
-    rules = [AliasRule(key + ".weight", (f"{_H}{key}.weight",), weight_op, scope, shape, kind=VISION, vision=True)]
+def _tower(mod: str, scope: str, shape: Shape, weight_op: str = T, bias: bool = True) -> list[Rule]:
+    """A vision-tower or resampler module: Linear weights transposed (norms copied); bias of the output width."""
+    cls, paddle = (AliasRule, mod) if mod.startswith("vision_model.") else (Rule, _P + mod)
+    facts = dict(scope=scope, kind=VISION, vision=True)
+    rules = [cls(f"{paddle}.weight", (f"{_H}{mod}.weight",), weight_op, shape=shape, **facts)]
     if bias:
-        rules.append(AliasRule(key + ".bias", (f"{_H}{key}.bias",), COPY, scope, lambda d: shape(d)[-1:],
-                               kind=VISION, vision=True))
+        rules.append(cls(f"{paddle}.bias", (f"{_H}{mod}.bias",), COPY, shape=lambda d: shape(d)[-1:], **facts))
     return rules
 
 
-def _resampler(mod: str, shape: Shape, weight_op: str = T, bias: bool = True) -> list[Rule]:
-    key = f"resampler_model.{mod}"
-    rules = [Rule(f"{_P}{key}.weight", (f"{_H}{key}.weight",), weight_op, RESAMPLER, shape, kind=VISION,
-                  vision=True)]
-    if bias:
-        rules.append(Rule(f"{_P}{key}.bias", (f"{_H}{key}.bias",), COPY, RESAMPLER, lambda d: shape(d)[-1:],
-                          kind=VISION, vision=True))
-    return rules
-
-
-def _block_shape(mod: str) -> Shape:
-    return {"attn.qkv": lambda d: (_v(d).hidden, 3 * _v(d).hidden),
-            "attn.proj": lambda d: (_v(d).hidden, _v(d).hidden),
-            "mlp.fc1": lambda d: (_v(d).hidden, _v(d).intermediate),
-            "mlp.fc2": lambda d: (_v(d).intermediate, _v(d).hidden)}[mod]
-
-
-def _sd(d: Dims) -> tuple[int, ...]:
-    return (_v(d).spatial_dim,)
-
-
+_VIT_LINEARS = {"attn.qkv": lambda d: (d.vis.hidden, 3 * d.vis.hidden),
+                "attn.proj": lambda d: (d.vis.hidden, d.vis.hidden),
+                "mlp.fc1": lambda d: (d.vis.hidden, d.vis.intermediate),
+                "mlp.fc2": lambda d: (d.vis.intermediate, d.vis.hidden)}
 VISION_RULES: tuple[Rule, ...] = (
-    *_vision("patch_embed.proj", VISION_TOWER, lambda d: (_v(d).patch_dim, _v(d).hidden), bias=False),
-    *(r for mod in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
-      for r in _vision(f"blocks.{{N}}.{mod}", VISION_BLOCK, _block_shape(mod))),
+    *_tower("vision_model.patch_embed.proj", VISION_TOWER, lambda d: (d.vis.patch_dim, d.vis.hidden), bias=False),
+    *(r for mod, shape in _VIT_LINEARS.items()
+      for r in _tower(f"vision_model.blocks.{{N}}.{mod}", VISION_BLOCK, shape)),
     *(r for mod in ("norm1", "norm2")
-      for r in _vision(f"blocks.{{N}}.{mod}", VISION_BLOCK, lambda d: (_v(d).hidden,), COPY)),
-    *_vision("ln", VISION_TOWER, lambda d: (_v(d).hidden,), COPY),
+      for r in _tower(f"vision_model.blocks.{{N}}.{mod}", VISION_BLOCK, lambda d: (d.vis.hidden,), COPY)),
+    *_tower("vision_model.ln", VISION_TOWER, lambda d: (d.vis.hidden,), COPY),
 )
+_SD: Shape = lambda d: (d.vis.spatial_dim, d.vis.spatial_dim)  # noqa: E731
 RESAMPLER_RULES: tuple[Rule, ...] = (
-    *_resampler("spatial_linear.0", lambda d: (_sd(d)[0], _sd(d)[0])),
-    *_resampler("spatial_linear.2", lambda d: (_sd(d)[0], _sd(d)[0])),
-    *_resampler("temporal_linear.0", lambda d: (_sd(d)[0] * _v(d).temporal_merge, _sd(d)[0])),
-    *_resampler("temporal_linear.2", lambda d: (_sd(d)[0], _sd(d)[0])),
-    *(r for seq in ("spatial_linear", "temporal_linear") for r in _resampler(f"{seq}.3", _sd, COPY)),
-    *_resampler("mlp", lambda d: (_sd(d)[0], d.H)),
-    *_resampler("after_norm", _h, COPY, bias=False),
+    *_tower("resampler_model.spatial_linear.0", RESAMPLER, _SD),
+    *_tower("resampler_model.spatial_linear.2", RESAMPLER, _SD),
+    *_tower("resampler_model.temporal_linear.0", RESAMPLER,
+            lambda d: (d.vis.spatial_dim * d.vis.temporal_merge, d.vis.spatial_dim)),
+    *_tower("resampler_model.temporal_linear.2", RESAMPLER, _SD),
+    *(r for seq in ("spatial_linear", "temporal_linear")
+      for r in _tower(f"resampler_model.{seq}.3", RESAMPLER, lambda d: (d.vis.spatial_dim,), COPY)),
+    *_tower("resampler_model.mlp", RESAMPLER, lambda d: (d.vis.spatial_dim, d.H)),
+    *_tower("resampler_model.after_norm", RESAMPLER, _h, COPY, bias=False),
 )
 ROUTER_RULES: tuple[Rule, ...] = (
     Rule(_ROUTER.paddle, _ROUTER.hf, COPY, ROUTER, _ROUTER.shape, kind=FP32, fp32=True),
@@ -336,8 +317,10 @@ def match_hf(key: str, rules=TEXT_RULES) -> Match | None:
 
 
 # ---------------------------------------------------------------------------- facts about a key
-FP32_SUFFIXES = tuple(dict.fromkeys(r.paddle.rpartition("}.")[2] for r in VL_RULES if r.fp32))
-_BIAS_SUFFIX = _CORRECTION_BIAS.paddle.rpartition("}.")[2]
+# The bias is told without its parent module: transformers' model nests it under ``mlp.gate``.
+_BIAS_SUFFIX = _CORRECTION_BIAS.paddle.partition(".mlp.")[2]
+FP32_SUFFIXES = tuple(dict.fromkeys(_BIAS_SUFFIX if r is _CORRECTION_BIAS else r.paddle.rpartition("}.")[2]
+                                    for r in VL_RULES if r.fp32))
 
 
 def is_linear_weight(key: str) -> bool:
