@@ -78,7 +78,7 @@ def tensor_entries(cfg: ErnieConfig, mtp_layers: int | None = None) -> list[Entr
     add(R.MODEL, {})
     sparse = set(moe_layers(cfg) if vl else cfg.moe_layers)
     for i in range(cfg.num_hidden_layers):
-        block = {"B": f"layers.{i}"}
+        block = {"B": R.block(i)}
         add(R.BLOCK, block, layer=i)
         if i not in sparse:
             add(R.DENSE_MLP, block, cfg.intermediate_size, layer=i)
@@ -90,7 +90,7 @@ def tensor_entries(cfg: ErnieConfig, mtp_layers: int | None = None) -> list[Entr
             add(R.SHARED, block, i_t * cfg.moe_num_shared_experts, layer=i)
     n_mtp = 0 if vl else cfg.num_nextn_predict_layers if mtp_layers is None else mtp_layers
     for j in range(n_mtp):
-        block = {"B": f"mtp_block.{j}", "N": j}
+        block = {"B": R.block(j, mtp=True), "N": j}
         add(R.BLOCK, block, mtp=True)
         add(R.DENSE_MLP, block, cfg.intermediate_size, mtp=True)
         add(R.MTP, block, mtp=True)

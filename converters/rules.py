@@ -41,7 +41,8 @@ MODEL, HEAD, BLOCK, DENSE_MLP, EXPERTS, SHARED, ROUTER, MTP = (
     "model", "head", "block", "dense_mlp", "experts", "shared", "router", "mtp")
 VISION_TOWER, VISION_BLOCK, RESAMPLER = "vision_tower", "vision_block", "resampler"
 
-_PLACEHOLDERS = {"B": r"(?:layers|mtp_block)\.\d+", "E": r"\d+", "N": r"\d+"}
+_LAYER, _MTP_BLOCK = "layers", "mtp_block"  # the blocks {B} stands for: ``layers.N`` and ``mtp_block.N``
+_PLACEHOLDERS = {"B": rf"(?:{_LAYER}|{_MTP_BLOCK})\.\d+", "E": r"\d+", "N": r"\d+"}
 Shape = Callable[["Dims"], tuple[int, ...]]
 
 
@@ -105,6 +106,11 @@ class AliasRule(Rule):
     def hf_res(self) -> tuple[re.Pattern, ...]:
         return tuple(re.compile(f"(?:{re.escape(_H)})?" + _compile(p.removeprefix(_H)).pattern)
                      for p in self.hf)
+
+
+def block(index: int, mtp: bool = False) -> str:
+    """What {B} stands for: main decoder layer ``index``, or MTP layer ``index``."""
+    return f"{_MTP_BLOCK if mtp else _LAYER}.{index}"
 
 
 def _compile(pattern: str) -> re.Pattern:
@@ -273,12 +279,12 @@ class Match:
     def layer(self) -> int | None:
         """The main decoder layer index, None outside them (MTP blocks included)."""
         block = dict(self.groups).get("B", "")
-        return int(block.split(".")[1]) if block.startswith("layers.") else None
+        return int(block.split(".")[1]) if block.startswith(_LAYER + ".") else None
 
     @property
     def mtp(self) -> bool:
         """Whether the tensor belongs to an MTP layer."""
-        return self.rule.scope == MTP or dict(self.groups).get("B", "").startswith("mtp_block.")
+        return self.rule.scope == MTP or dict(self.groups).get("B", "").startswith(_MTP_BLOCK + ".")
 
 
 def _swap_suffix(key: str, suffix: str) -> str:

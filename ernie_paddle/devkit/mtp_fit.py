@@ -34,7 +34,8 @@ def _block_residual(model, x: paddle.Tensor) -> paddle.Tensor:
 def fit_mtp(model, sequences, ridge: float = 1e-3, block_scale: float = 0.0, passes: int = 3) -> float:
     """Overwrite ``model``'s MTP layer 0 fitted on int64 token sequences [N, L] (no padding).
 
-    ``block_scale`` multiplies the block's ``o_proj`` and ``down_proj`` (0 makes the block the identity).
+    ``block_scale`` multiplies the output projections of the block (attention output, MLP down; 0 makes
+    the block the identity).
     Returns the top-1 agreement of MTP and main-model predictions on the fitting data.
     """
     ern = model.ernie
@@ -75,8 +76,8 @@ def _is_main_output_projection(name: str) -> bool:
 
 
 def damp_main_layers(model, scale: float) -> None:
-    """Scale every main decoder layer's output projections (attention ``o_proj``, MLP / expert
-    ``down_proj``) by ``scale``, so the next token depends mostly on the current one and a fitted MTP
+    """Scale the output projections of every main decoder layer (attention output, MLP and expert down
+    projections) by ``scale``, so the next token depends mostly on the current one and a fitted MTP
     layer predicts it well. For demos and tests of speculative decoding only: it changes the model."""
     with paddle.no_grad():
         for name, p in model.named_parameters():
