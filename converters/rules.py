@@ -351,6 +351,8 @@ def quantizable(key: str) -> bool:
     Embeddings, the head, norms, routers and the correction bias never are; names no rule knows are left
     to the quantization config.
     """
+    if is_fp32_key(key):
+        return False
     for cand in (key, key + ".weight"):
         m = match_paddle(cand, VL_RULES) or match_hf(cand, VL_RULES)
         if m is not None:
