@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.expected import expected_tensors
 from converters.plan import analyse
-from converters.schema import expected_paddle_tensors
+from converters.rules import is_tied_head_copy, mtp_layers_in
 from ernie_paddle.io.checkpoint import open_checkpoint
-
-_EXPERT = ".mlp.experts."
 
 
 def _numel(shape) -> int:
@@ -25,18 +24,18 @@ def parameter_counts(analysis, cfg) -> dict[str, int]:
     are storage, not parameters).
     """
     total = mtp = experts = 0
-    expected = expected_paddle_tensors(cfg, max(cfg.num_nextn_predict_layers, 8))
+    expected = expected_tensors(cfg, max(cfg.num_nextn_predict_layers, 8))
     for m, _keys, pshape in analysis.groups:
         if m.variant and m.variant != "q":
             continue
         key = m.weight_key()
         n = _numel(expected[key].shape if m.variant else pshape)
-        if key == "lm_head.weight" and cfg.tie_word_embeddings:
+        if is_tied_head_copy(key, cfg):
             continue
         total += n
-        if key.startswith("ernie.mtp_"):
+        if m.mtp:
             mtp += n
-        elif _EXPERT in key:
+        elif m.expert is not None:
             experts += n
     idle = experts * (cfg.moe_num_experts - cfg.moe_k) // cfg.moe_num_experts if cfg.is_moe else 0
     return {"total": total, "mtp": mtp, "active": total - mtp - idle}
@@ -61,7 +60,7 @@ def inspect_checkpoint(path: str | Path) -> dict:
                  "moe_intermediate": cfg.moe_intermediate_size,
                  "shared_experts": cfg.moe_num_shared_experts},
         "layer_kinds": kinds,
-        "mtp_layers": sum(1 for k in ckpt.keys() if "mtp_emb_norm" in k),
+        "mtp_layers": mtp_layers_in(m.paddle_key() for m, _keys, _shape in analysis.groups),
         "tied_embeddings": cfg.tie_word_embeddings,
         "config_dtype": cfg.dtype,
         "parameters": parameter_counts(analysis, cfg),

@@ -11,9 +11,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from converters import layout
-from converters.layout_vl import rules_for
-from converters.schema import Expected, expected_paddle_tensors, mtp_layers_in
+from converters import layout_ops
+from converters.expected import Expected, expected_tensors
+from converters.rules import (
+    LINEAR_OPS,
+    Match,
+    is_fp32_key,
+    is_tied_head_copy,
+    match_hf,
+    match_paddle,
+    mtp_layers_in,
+    rules_for,
+)
 from ernie_paddle.config.text import HF, PADDLE
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import Checkpoint
@@ -36,9 +45,9 @@ class Group:
     def compute(self, ckpt: Checkpoint) -> list[np.ndarray]:
         arrays = [ckpt.get(k) for k in self.sources]
         if self.target == HF and self.op != "identity":
-            results = layout.to_hf(self.op, arrays[0], ckpt.config, self.block)
+            results = layout_ops.to_hf(self.op, arrays[0], ckpt.config, self.block)
         elif self.target == PADDLE and self.op != "identity":
-            results = [layout.to_paddle(self.op, arrays)]
+            results = [layout_ops.to_paddle(self.op, arrays)]
         else:
             results = arrays
         return [_cast(a, spec.dtype) for a, spec in zip(results, self.outputs)]
@@ -53,24 +62,24 @@ def _out_code(ckpt: Checkpoint, name: str, src: str, dtype: str, variant: str = 
     code = ckpt.dtype_code(src)
     if code not in FLOAT_CODES or variant:  # quantized tensors and their scales keep their dtype
         return code
-    if layout.is_fp32_key(name):
+    if is_fp32_key(name):
         return "F32"
     return code if dtype == "keep" else code_of(BY_NAME[dtype])
 
 
-def _match_groups(ckpt: Checkpoint, problems: list[ErnieError]) -> list[tuple[layout.Match, list[str]]]:
+def _match_groups(ckpt: Checkpoint, problems: list[ErnieError]) -> list[tuple[Match, list[str]]]:
     """Group source keys by rule instance, in source order; unknown names and gaps become problems."""
-    found: dict[tuple, tuple[layout.Match, list[str | None]]] = {}
+    found: dict[tuple, tuple[Match, list[str | None]]] = {}
     rules = rules_for(ckpt.config)
     for key in ckpt.keys():
-        m = layout.match_paddle(key, rules) if ckpt.format == PADDLE else layout.match_hf(key, rules)
+        m = match_paddle(key, rules) if ckpt.format == PADDLE else match_hf(key, rules)
         if m is None:
             problems.append(ErnieError(f"unknown tensor {key!r}: not an ERNIE 4.5 {ckpt.format} "
                                        "text-model key", ckpt.specs[key].file))
             continue
         if ckpt.format == HF and not m.variant and ckpt.dtype_code(key).startswith("F8") \
-                and m.rule.op in layout.LINEAR_OPS:
-            m = layout.Match(m.rule, m.groups, m.slot, "q")  # HF FP8 keeps the name ``weight``
+                and m.rule.op in LINEAR_OPS:
+            m = Match(m.rule, m.groups, m.slot, "q")  # HF FP8 keeps the name ``weight``
         ident = (m.rule, m.groups, m.variant)
         if ident not in found:
             found[ident] = (m, [None] * (1 if ckpt.format == PADDLE else len(m.rule.hf)))
@@ -91,7 +100,7 @@ def _match_groups(ckpt: Checkpoint, problems: list[ErnieError]) -> list[tuple[la
 class Analysis:
     """Matched groups with their Paddle-layout shapes, and every problem found."""
 
-    groups: list[tuple[layout.Match, list[str], tuple[int, ...]]]
+    groups: list[tuple[Match, list[str], tuple[int, ...]]]
     problems: list[ErnieError]
 
 
@@ -99,14 +108,14 @@ def analyse(ckpt: Checkpoint) -> Analysis:
     """Match every tensor to a rule and check it against the config; collects all problems."""
     problems: list[ErnieError] = []
     matched = _match_groups(ckpt, problems)
-    expected = expected_paddle_tensors(ckpt.config, mtp_layers_in(m.paddle_key() for m, _ in matched))
+    expected = expected_tensors(ckpt.config, mtp_layers_in(m.paddle_key() for m, _ in matched))
     seen: set[str] = set()
     groups = []
     block = quant_block(ckpt.config)
     for m, keys in matched:
         shapes = [ckpt.specs[k].shape for k in keys]
         try:
-            pshape = shapes[0] if ckpt.format == PADDLE else layout.paddle_shape(m.rule.op, shapes)
+            pshape = shapes[0] if ckpt.format == PADDLE else layout_ops.paddle_shape(m.rule.op, shapes)
         except IndexError:
             pshape = ()
         problem = _shape_problem(ckpt, keys[0], m, pshape, expected, block)
@@ -138,12 +147,12 @@ def plan(ckpt: Checkpoint, target: str, dtype: str = "keep") -> list[Group]:
         if target == ckpt.format:
             outs = [OutSpec(k, _out_code(ckpt, k, k, dtype, v), ckpt.specs[k].shape) for k in keys]
             groups.append(Group(keys, outs, "identity", target))
-        elif layout.drops(m.rule.op, cfg):
+        elif layout_ops.drops(m.rule.op, cfg):
             continue
         elif target == HF:
             _check_hf_convertible(ckpt, m, keys[0])
             names = m.hf_keys()
-            out_shapes = layout.hf_shapes(m.rule.op, pshape, cfg, gblock)
+            out_shapes = layout_ops.hf_shapes(m.rule.op, pshape, cfg, gblock)
             outs = [OutSpec(n, _out_code(ckpt, n, keys[0], dtype, v), s) for n, s in zip(names, out_shapes)]
             groups.append(Group(keys, outs, m.rule.op, target, gblock))
         else:
@@ -163,13 +172,13 @@ def quant_block(cfg) -> int:
     return 128
 
 
-def _is_fp8_part(ckpt: Checkpoint, m: layout.Match, src: str) -> bool:
+def _is_fp8_part(ckpt: Checkpoint, m: Match, src: str) -> bool:
     """An FP8 block-wise weight (e4m3 bytes) or its float32 2-D scale grid."""
     code, ndim = ckpt.dtype_code(src), len(ckpt.specs[src].shape)
     return (m.variant == "q" and code.startswith("F8")) or (m.variant == "s" and code == "F32" and ndim == 2)
 
 
-def _check_hf_convertible(ckpt: Checkpoint, m: layout.Match, src: str) -> None:
+def _check_hf_convertible(ckpt: Checkpoint, m: Match, src: str) -> None:
     """Only bf16/fp32 and FP8 block-wise tensors have an HF layout."""
     if m.variant and not _is_fp8_part(ckpt, m, src):
         raise ErnieError(f"tensor {src!r} ({m.variant}, {ckpt.dtype_code(src)}) has no Hugging Face layout: "
@@ -177,7 +186,7 @@ def _check_hf_convertible(ckpt: Checkpoint, m: layout.Match, src: str) -> None:
                          "unquantized checkpoint instead", ckpt.specs[src].file)
 
 
-def _shape_problem(ckpt: Checkpoint, src: str, m: layout.Match, pshape, expected,
+def _shape_problem(ckpt: Checkpoint, src: str, m: Match, pshape, expected,
                    block: int) -> ErnieError | None:
     pkey = m.weight_key()
     exp = expected.get(pkey)
@@ -190,7 +199,7 @@ def _shape_problem(ckpt: Checkpoint, src: str, m: layout.Match, pshape, expected
         return ErnieError(f"tensor {src!r} has no place in this config (check num_hidden_layers, "
                           "moe_num_experts, the MoE layer placement and tie_word_embeddings)",
                           ckpt.specs[src].file)
-    if tuple(pshape) != exp.shape and not (pkey == "lm_head.weight" and ckpt.config.tie_word_embeddings):
+    if tuple(pshape) != exp.shape and not (is_tied_head_copy(pkey, ckpt.config)):
         return ErnieError(f"tensor {src!r} has shape {list(ckpt.specs[src].shape)}, which contradicts "
                           f"config.json (expected Paddle-layout shape {list(exp.shape)})",
                           ckpt.specs[src].file)
@@ -200,7 +209,7 @@ def _shape_problem(ckpt: Checkpoint, src: str, m: layout.Match, pshape, expected
 def _source_name(ckpt: Checkpoint, pkey: str) -> str:
     if ckpt.format == PADDLE:
         return pkey
-    m = layout.match_paddle(pkey, rules_for(ckpt.config))
+    m = match_paddle(pkey, rules_for(ckpt.config))
     return m.hf_keys()[0] if m else pkey
 
 
@@ -208,3 +217,13 @@ def iter_tensors(ckpt: Checkpoint, target: str, dtype: str = "keep") -> Iterator
     """Yield (key, array) of ``ckpt`` in ``target`` layout, one group at a time."""
     for group in plan(ckpt, target, dtype):
         yield from zip((o.name for o in group.outputs), group.compute(ckpt))
+
+
+def iter_paddle_tensors(ckpt: Checkpoint, dtype: str = "keep") -> Iterator[tuple[str, np.ndarray]]:
+    """(Paddle key, array) for a checkpoint in either layout, mapped on the fly one group at a time."""
+    return iter_tensors(ckpt, PADDLE, dtype)
+
+
+def iter_hf_tensors(ckpt: Checkpoint, dtype: str = "keep") -> Iterator[tuple[str, np.ndarray]]:
+    """(HF key, array) for a checkpoint in either layout, mapped on the fly one group at a time."""
+    return iter_tensors(ckpt, HF, dtype)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from converters import layout
 from converters.convert import check_paths, copy_side_files
 from converters.plan import plan
+from converters.rules import is_linear_weight
 from ernie_paddle.config.text import PADDLE
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import open_checkpoint
@@ -44,7 +44,7 @@ def quantize(src, dst, method: str, overwrite: bool = False, max_shard_size="5GB
         with progress_bar(ckpt.total_bytes, f"quantize {method}", quiet) as bar:
             for group in groups:
                 for spec, arr in zip(group.outputs, group.compute(ckpt)):
-                    if layout.is_linear_weight(spec.name) and qc.method_for(spec.name):
+                    if is_linear_weight(spec.name) and qc.method_for(spec.name):
                         base = spec.name[: -len("weight")]
                         parts = quantize_weight(qc.method_for(spec.name), np.asarray(arr, np.float32),
                                                 name=base[:-1])

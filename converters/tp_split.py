@@ -12,13 +12,14 @@ scales along the same axis; a split that would cut a head or a quantization bloc
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 
 from converters.convert import check_paths, copy_side_files
+from converters.layout_ops import GATE_UP, GATE_UP_BIAS, QKV, QKV_BIAS
 from converters.plan import plan
+from converters.rules import BLOCK, COLUMN, QUANT_VARIANTS, ROW, Match, match_paddle, mlp_width
 from ernie_paddle.config.text import PADDLE, ErnieConfig
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import open_checkpoint
@@ -27,24 +28,16 @@ from ernie_paddle.io.shard_writer import OutSpec, ShardedWriter, atomic_folder, 
 from ernie_paddle.progress import progress_bar
 
 MANIFEST = "tp_split.json"
-_COLUMN = re.compile(r"\.(self_attn\.qkv_proj|up_gate_proj)\.")
-_ROW = re.compile(r"\.(self_attn\.o_proj|down_proj)\.")
-_QUANT_1D = ("super_scales", "code_scale", "code_zp")
-
-
-def _mlp_width(key: str, cfg: ErnieConfig) -> int:
-    if ".experts." in key:
-        return cfg.moe_intermediate_size
-    if ".shared_experts." in key:
-        return cfg.shared_intermediate_size
-    return cfg.intermediate_size
+_QUANT_1D = ("super_scales", "code_scale", "code_zp")  # WINT2 per-column vectors (``rules.QUANT_VARIANTS``)
+_WINT2_MARK = "super_scales"
 
 
 def rank_ranges(key: str, cfg: ErnieConfig, tp: int, rank: int) -> tuple[str, list[tuple[int, int]]] | None:
     """(axis 'N' or 'K', original index ranges) that ``rank`` holds of linear ``key``; None = replicated."""
-    if key.startswith("ernie.mtp_linear_proj") or not (_COLUMN.search(key) or _ROW.search(key)):
+    m = match_paddle(key)
+    if m is None or m.rule.tp not in (COLUMN, ROW):
         return None
-    if "qkv_proj" in key:
+    if m.rule.op in (QKV, QKV_BIAS):
         nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         q = nh // tp * hd
         kv_head = rank * nkv // tp if nkv < tp else None
@@ -53,12 +46,13 @@ def rank_ranges(key: str, cfg: ErnieConfig, tp: int, rank: int) -> tuple[str, li
         qs = cfg.q_size
         return "N", [(rank * q, (rank + 1) * q), (qs + kv[0], qs + kv[1]),
                      (qs + cfg.kv_size + kv[0], qs + cfg.kv_size + kv[1])]
-    width = _mlp_width(key, cfg)
-    part = width // tp
-    if "up_gate_proj" in key:
-        return "N", [(rank * part, (rank + 1) * part), (width + rank * part, width + (rank + 1) * part)]
-    if "o_proj" in key:
+    if m.rule.scope == BLOCK:  # the attention output projection
         part = cfg.q_size // tp
+        return "K", [(rank * part, (rank + 1) * part)]
+    width = mlp_width(m.rule, cfg)
+    part = width // tp
+    if m.rule.op in (GATE_UP, GATE_UP_BIAS):
+        return "N", [(rank * part, (rank + 1) * part), (width + rank * part, width + (rank + 1) * part)]
     return "K", [(rank * part, (rank + 1) * part)]
 
 
@@ -82,8 +76,9 @@ def check_degree(cfg: ErnieConfig, tp: int, folder) -> None:
 
 def _axis_and_grain(key: str, arr, axis: str, keys) -> tuple[int, int] | None:
     """Stored axis index and granularity (original rows/cols per stored one) for a tensor of a linear."""
-    base, suffix = key.rsplit(".", 1)
-    wint2 = f"{base}.super_scales" in keys
+    m = match_paddle(key)
+    suffix = "bias" if m.rule.bias else QUANT_VARIANTS[m.variant][0] if m.variant else "weight"
+    wint2 = Match(m.rule, m.groups, 0, _WINT2_MARK).paddle_key() in keys
     if suffix in ("weight", "quant_weight") and arr.ndim == 2:
         if suffix == "quant_weight" and arr.dtype != BY_CODE["F8_E4M3"] and not wint2:
             raise ErnieError(f"{key}: splitting weight-only int8/int4 tensors in the GPU byte arrangement is "

@@ -42,14 +42,15 @@ def bench_config(layers: int) -> ErnieConfig:
 
 def make_source(folder: Path, layers: int, quiet: bool) -> None:
     """Write an HF-layout bf16 checkpoint by converting a synthetic Paddle plan's shapes back to HF."""
-    from converters.layout import hf_shapes, match_paddle
-    from converters.schema import expected_paddle_tensors
+    from converters.expected import expected_tensors
+    from converters.layout_ops import hf_shapes
+    from converters.rules import is_fp32_key, match_paddle
 
     cfg = bench_config(layers)
     specs = []
-    for key, exp in expected_paddle_tensors(cfg).items():
+    for key, exp in expected_tensors(cfg).items():
         m = match_paddle(key)
-        code = "F32" if key.endswith(("gate.weight", "correction_bias")) else "BF16"
+        code = "F32" if is_fp32_key(key) else "BF16"
         specs.append([OutSpec(n, code, s) for n, s in zip(m.hf_keys(), hf_shapes(m.rule.op, exp.shape, cfg))])
     pool = np.random.default_rng(0).standard_normal(1 << 22).astype(np.float32) * 0.02
     folder.mkdir(parents=True)

@@ -7,8 +7,8 @@ from fixtures_models import VARIANTS
 from helpers import run_cli
 from safetensors.numpy import load_file, save_file
 
-from converters.layout import iter_paddle_tensors
 from converters.parity import run_parity
+from converters.plan import iter_paddle_tensors
 from ernie_paddle.io.checkpoint import open_checkpoint
 from ernie_paddle.models.moe import SparseMoE, route
 

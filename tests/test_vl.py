@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors.numpy import load_file, save_file
 
 from converters.convert import convert
-from converters.layout_vl import expected_vl_tensors
+from converters.expected import expected_tensors
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.devkit.vl_demo import BASE_VOCAB, make_tiny_vl_checkpoint, token_ids
 from ernie_paddle.errors import ErnieError
@@ -122,7 +122,7 @@ def test_round_trip_is_bit_identical_and_transformers_loads_it(folders, ref_mode
 def test_paddle_layout_follows_the_vl_rules(folders):
     hf, pd = load_file(folders["hf"] / "model.safetensors"), load_file(folders["paddle"] / "model.safetensors")
     cfg = ErnieConfig.from_file(folders["paddle"])
-    expected = expected_vl_tensors(cfg)
+    expected = expected_tensors(cfg)
     assert set(pd) == {k for k in expected if k != "lm_head.weight"}
     assert all(pd[k].shape == expected[k].shape for k in pd)
     layer = "layers.1.mlp"
@@ -203,7 +203,7 @@ def test_release_config_renders_as_transformers_native():
     assert native.image_token_id == ref.image_token_id
     again = ErnieConfig.from_dict(native.to_dict())
     assert again.to_dict("paddle")["moe_num_experts"] == [64, 64] and again.head_dim == 128
-    expected = expected_vl_tensors(cfg)
+    expected = expected_tensors(cfg)
     assert sum(k.endswith("e_score_correction_bias") for k in expected) == 27
     assert sum(".experts." in k and k.endswith("down_proj.weight") for k in expected) == 27 * 128
     assert expected["ernie.layers.1.mlp.experts.64.up_gate_proj.weight"].shape == (2560, 1024)

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from converters.expected import tensor_entries
+from converters.layout_ops import hf_shapes
+from converters.rules import NORM, is_correction_bias, is_fp32_key, match_paddle
+from ernie_paddle.config.text import ErnieConfig
+
 TINY_DENSE = dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
                   tie_word_embeddings=True)
@@ -43,12 +48,12 @@ def make_hf_model(kind: str = "dense", seed: int = 0, dtype: str = "float32", bi
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):  # non-trivial norms so a mix-up shows in logits
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            elif name.endswith("e_score_correction_bias") and bias_scale:
+            elif is_correction_bias(name) and bias_scale:
                 p.copy_(bias_scale * torch.randn_like(p))
     if dtype != "float32":
         model = model.to(getattr(torch, dtype))
         for name, p in model.named_parameters():  # routers stay fp32, as in the releases
-            if name.endswith(("mlp.gate.weight", "e_score_correction_bias")):
+            if is_fp32_key(name):
                 p.data = p.data.float()
     return model
 
@@ -73,30 +78,24 @@ def make_tiny_hf_checkpoint(folder: str | Path, kind: str = "dense", seed: int =
 
 
 def _add_hf_mtp(folder: Path, model, layers: int, seed: int) -> None:
-    """Append MTP tensors in the HF naming (``model.mtp_*``) to the written checkpoint."""
+    """Append MTP tensors in the HF naming (names and shapes from the rule table) to the written checkpoint."""
     import json
 
     import torch
     from safetensors.torch import load_file, save_file
 
-    cfg = model.config
+    cfg = ErnieConfig.from_file(folder)
     gen = torch.Generator().manual_seed(seed + 1000)
     dtype = next(model.parameters()).dtype
-    h, hd = cfg.hidden_size, cfg.head_dim or cfg.hidden_size // cfg.num_attention_heads
-    shapes = {"input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
-              "self_attn.q_proj.weight": (cfg.num_attention_heads * hd, h),
-              "self_attn.k_proj.weight": (cfg.num_key_value_heads * hd, h),
-              "self_attn.v_proj.weight": (cfg.num_key_value_heads * hd, h),
-              "self_attn.o_proj.weight": (h, cfg.num_attention_heads * hd),
-              "mlp.gate_proj.weight": (cfg.intermediate_size, h), "mlp.up_proj.weight": (cfg.intermediate_size, h),
-              "mlp.down_proj.weight": (h, cfg.intermediate_size)}
     extra = {}
-    for j in range(layers):
-        for name, shape in shapes.items():
-            extra[f"model.mtp_block.{j}.{name}"] = 0.05 * torch.randn(shape, generator=gen)
-        extra[f"model.mtp_emb_norm.{j}.weight"] = 1 + 0.1 * torch.randn((h,), generator=gen)
-        extra[f"model.mtp_hidden_norm.{j}.weight"] = 1 + 0.1 * torch.randn((h,), generator=gen)
-        extra[f"model.mtp_linear_proj.{j}.weight"] = 0.05 * torch.randn((h, 2 * h), generator=gen)
+    for e in tensor_entries(cfg, mtp_layers=layers):
+        if not e.mtp:
+            continue
+        names = match_paddle(e.key).hf_keys()
+        for name, shape in zip(names, hf_shapes(e.rule.op, e.shape, cfg)):
+            norm = e.rule.kind == NORM and not e.rule.bias  # non-trivial norms, small weights
+            extra[name] = 1 + 0.1 * torch.randn(shape, generator=gen) if norm else \
+                0.05 * torch.randn(shape, generator=gen)
     single = folder / "model.safetensors"
     tensors = load_file(single)
     tensors.update({k: v.to(dtype).contiguous() for k, v in extra.items()})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import paddle
 
+from converters.rules import ROW, match_paddle
 from ernie_paddle.models.kv_cache import KVCache
 from ernie_paddle.runtime.speculative import mtp_forward
 
@@ -33,7 +34,8 @@ def _block_residual(model, x: paddle.Tensor) -> paddle.Tensor:
 def fit_mtp(model, sequences, ridge: float = 1e-3, block_scale: float = 0.0, passes: int = 3) -> float:
     """Overwrite ``model``'s MTP layer 0 fitted on int64 token sequences [N, L] (no padding).
 
-    ``block_scale`` multiplies the block's ``o_proj`` and ``down_proj`` (0 makes the block the identity).
+    ``block_scale`` multiplies the output projections of the block (attention output, MLP down; 0 makes
+    the block the identity).
     Returns the top-1 agreement of MTP and main-model predictions on the fitting data.
     """
     ern = model.ernie
@@ -67,11 +69,17 @@ def mtp_agreement(model, sequences) -> float:
     return float((drafted.argmax(-1) == main.argmax(-1)).mean())
 
 
+def _is_main_output_projection(name: str) -> bool:
+    """A main decoder layer's row-parallel Linear weight: attention output or MLP / expert down projection."""
+    m = match_paddle(name)
+    return m is not None and m.layer is not None and m.rule.tp == ROW and not m.rule.bias and not m.variant
+
+
 def damp_main_layers(model, scale: float) -> None:
-    """Scale every main decoder layer's output projections (attention ``o_proj``, MLP / expert
-    ``down_proj``) by ``scale``, so the next token depends mostly on the current one and a fitted MTP
+    """Scale the output projections of every main decoder layer (attention output, MLP and expert down
+    projections) by ``scale``, so the next token depends mostly on the current one and a fitted MTP
     layer predicts it well. For demos and tests of speculative decoding only: it changes the model."""
     with paddle.no_grad():
         for name, p in model.named_parameters():
-            if name.startswith("ernie.layers.") and name.endswith(("o_proj.weight", "down_proj.weight")):
+            if _is_main_output_projection(name):
                 p.set_value(p * scale)

@@ -23,6 +23,8 @@ SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
 PDPARAMS = "model_state.pdparams"
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+# The layout of a key set is told by these prefixes alone (``converters.rules`` spells every full key).
+PADDLE_PREFIX, HF_PREFIX = "ernie.", "model."
 
 
 @dataclass(frozen=True)
@@ -209,15 +211,14 @@ class Checkpoint:
     # ------------------------------------------------------------------ format
     def _detect_format(self) -> str:
         names = list(self.specs)
-        paddle_votes = sum(n.startswith("ernie.") or ".qkv_proj." in n or ".up_gate_proj." in n for n in names)
-        hf_votes = sum(n.startswith("model.") or ".q_proj." in n or ".gate_proj." in n for n in names)
+        paddle_votes = sum(n.startswith(PADDLE_PREFIX) for n in names)
+        hf_votes = sum(n.startswith(HF_PREFIX) for n in names)
         if paddle_votes and hf_votes:
-            raise ErnieError(f"tensor names mix the Paddle layout ({paddle_votes} like 'ernie.*', "
-                             f"'qkv_proj') and the HF layout ({hf_votes} like 'model.*', 'q_proj')",
-                             self.folder)
+            raise ErnieError(f"tensor names mix the Paddle layout ({paddle_votes} like '{PADDLE_PREFIX}*') "
+                             f"and the HF layout ({hf_votes} like '{HF_PREFIX}*')", self.folder)
         if not paddle_votes and not hf_votes:
-            raise ErnieError("tensor names are neither Paddle ('ernie.*') nor HF ('model.*') ERNIE 4.5 "
-                             f"names (first: {names[0]!r})", self.folder)
+            raise ErnieError(f"tensor names are neither Paddle ('{PADDLE_PREFIX}*') nor HF ('{HF_PREFIX}*') "
+                             f"ERNIE 4.5 names (first: {names[0]!r})", self.folder)
         fmt = PADDLE if paddle_votes else HF
         hinted = self.config.source_dialect
         if hinted is not None and hinted != fmt:

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from converters.expected import Entry, tensor_entries
+from converters.layout_ops import GATE_UP, GATE_UP_BIAS, LM_HEAD, QKV, QKV_BIAS
+from converters.rules import EMBED, EXPERT, FP32, ROW, is_correction_bias
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
 
@@ -97,9 +100,10 @@ class Tensor:
     k: int
     n: int
     count: int
-    kind: str          # linear | expert | embed | norm | fp32 | vision
+    kind: str          # linear | expert | embed | norm | fp32 | vision (``converters.rules`` memory kinds)
     layer: int = -1
     active: int = -1   # -1: all of them
+    mtp: bool = False
 
     @property
     def params(self) -> int:
@@ -115,88 +119,61 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def inventory(cfg: ErnieConfig, tp: int = 1) -> list[Tensor]:
-    """Every weight of the model (MTP and vision tower included) as held by one tensor-parallel rank."""
-    h, hd, v = cfg.hidden_size, cfg.head_dim, cfg.vocab_size
+    """Every weight of the model (MTP and vision tower included) as held by one tensor-parallel rank.
+
+    The config's expected tensors (``converters.expected``) grouped by rule: one entry per rule for the
+    decoder layers, one per rule and MoE layer for routed experts and routers, MTP apart.
+    """
     nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
     if tp < 1 or nh % tp or (nkv % tp and tp % nkv):
         raise ErnieError(f"--tp {tp} does not divide {nh} attention heads / {nkv} KV heads")
-    heads, kv = nh // tp, max(1, nkv // tp)
-    out: list[Tensor] = []
-
-    def attn(tag: str, count: int, layer: int = -1, active: int = -1) -> None:
-        out.extend([Tensor(f"{tag}.qkv_proj", h, (heads + 2 * kv) * hd, count, "linear", layer, active),
-                    Tensor(f"{tag}.o_proj", heads * hd, h, count, "linear", layer, active),
-                    Tensor(f"{tag}.norms", 1, h, 2 * count, "norm", layer, 2 * count if active else 0)])
-
-    def mlp(tag: str, width: int, count: int, active: int = -1) -> None:
-        w = _cdiv(width, tp)
-        out.extend([Tensor(f"{tag}.up_gate_proj", h, 2 * w, count, "linear", active=active),
-                    Tensor(f"{tag}.down_proj", w, h, count, "linear", active=active)])
-
-    moe = [i for i in range(cfg.num_hidden_layers) if cfg.is_moe_layer(i)]
-    attn("layers.self_attn", cfg.num_hidden_layers)
-    if cfg.num_hidden_layers - len(moe):
-        mlp("layers.mlp", cfg.intermediate_size, cfg.num_hidden_layers - len(moe))
-    if moe and cfg.moe_num_shared_experts:
-        mlp("layers.mlp.shared_experts", cfg.shared_intermediate_size, len(moe))
-    for e, width, k, start, end in _modalities(cfg):
-        local = _cdiv(e, tp)
-        for i in moe:
-            if start <= i <= end:
-                act = min(k, local) if k else 0
-                out.append(Tensor("experts.up_gate_proj", h, 2 * width, local, "expert", i, act))
-                out.append(Tensor("experts.down_proj", width, h, local, "expert", i, act))
-                out.append(Tensor("mlp.gate", h, e, 1, "fp32", i, 1 if k else 0))
-    if moe and cfg.moe_use_aux_free:
-        out.append(Tensor("moe_statics.e_score_correction_bias", len(_modalities(cfg)),
-                          cfg.moe_num_experts, len(moe), "fp32"))
-    vt = _cdiv(v, tp)
-    out.append(Tensor("embed_tokens", vt, h, 1, "embed", active=1 if cfg.tie_word_embeddings else 0))
-    if not cfg.tie_word_embeddings:
-        out.append(Tensor("lm_head", h, vt, 1, "embed"))
-    out.append(Tensor("norm", 1, h, 1, "norm"))
-    if cfg.num_nextn_predict_layers:
-        d = cfg.num_nextn_predict_layers
-        attn("mtp_block", d, active=0)
-        mlp("mtp_block.mlp", cfg.intermediate_size, d, active=0)
-        out.extend([Tensor("mtp_norms", 1, h, 2 * d, "norm", active=0),
-                    Tensor("mtp_linear_proj", 2 * h, h, d, "linear", active=0)])
-    out.extend(_vision(cfg))
-    return out
+    return [_rank_tensor(e, count, cfg, tp) for e, count in _grouped(cfg)]
 
 
-def _modalities(cfg: ErnieConfig) -> list[tuple[int, int, int, int, int]]:
-    """(experts, width, top-k per text token, first layer, last layer) per expert modality."""
-    if not cfg.is_moe:
-        return []
-    x = cfg.extra
-    ne, ni = x.get("moe_num_experts_list"), x.get("moe_intermediate_size_list")
-    text = (cfg.moe_num_experts, cfg.moe_intermediate_size, cfg.moe_k, cfg.moe_layer_start_index, cfg.moe_end)
-    if not (isinstance(ne, list) and len(ne) > 1):
-        return [text]
-    st = x.get("moe_layer_start_index_list") or [cfg.moe_layer_start_index] * 2
-    en = x.get("moe_layer_end_index_list") or [cfg.moe_end] * 2
-    last = cfg.num_hidden_layers - 1
-    return [text, (int(ne[1]), int(ni[1] if isinstance(ni, list) else ni), 0, int(st[1]),
-                   last if int(en[1]) < 0 else int(en[1]))]
+_GROUPED: dict[str, list[tuple[Entry, int]]] = {}
 
 
-def _vision(cfg: ErnieConfig) -> list[Tensor]:
-    vc = cfg.extra.get("vision_config")
-    if not isinstance(vc, dict):
-        return []
-    c = int(vc.get("hidden_size") or vc.get("embed_dim"))
-    depth, ratio = int(vc.get("depth", 32)), float(vc.get("mlp_ratio", 4))
-    f, p, ch = int(c * ratio), int(vc.get("patch_size", 14)), int(vc.get("in_channels", 3))
-    sd = c * int(cfg.extra.get("spatial_conv_size", vc.get("spatial_merge_size", 2))) ** 2
-    td = sd * int(cfg.extra.get("temporal_conv_size", 2))
-    h = cfg.hidden_size
-    shapes = [(ch * p * p, c, 1), (1, 2 * c, 1),                                    # patch embed, final ln
-              (c, 3 * c, depth), (c, c, depth), (c, f, depth), (f, c, depth),       # block weights
-              (1, 3 * c + c + f + c + 4 * c, depth),                                # block biases + 2 LN
-              (sd, sd, 2), (td, sd, 1), (sd, sd, 1), (1, 6 * sd + 4 * sd, 1),       # resampler
-              (sd, h, 1), (1, 2 * h, 1)]                                            # projection, norms
-    return [Tensor("vision", k, n, cnt, "vision", active=0) for k, n, cnt in shapes]
+def _grouped(cfg: ErnieConfig) -> list[tuple[Entry, int]]:
+    """(first entry, count) per group of the config's counted tensors; cached, ``plan`` asks repeatedly."""
+    ident = repr(cfg)
+    if ident not in _GROUPED:
+        groups: dict[tuple, list] = {}
+        for e in tensor_entries(cfg):
+            if not (e.required or (cfg.moe_use_aux_free and is_correction_bias(e.key))):
+                continue  # a tied head, or a correction bias the config does not use
+            by_layer = e.rule.kind in (EXPERT, FP32)
+            key = (e.rule.paddle, e.layer if by_layer else -1, e.mtp, e.vision, e.shape)
+            groups.setdefault(key, [e, 0])[1] += 1
+        if len(_GROUPED) >= 16:
+            _GROUPED.clear()
+        _GROUPED[ident] = [(e, n) for e, n in groups.values()]
+    return _GROUPED[ident]
+
+
+def _rank_tensor(e: Entry, count: int, cfg: ErnieConfig, tp: int) -> Tensor:
+    """``count`` tensors like ``e`` as one rank holds them: heads and MLP widths divided by ``tp``, routed
+    experts divided whole (``ceil(E/tp)`` per rank), the vocabulary ``ceil(V/tp)`` rows; the rest replicated."""
+    rule = e.rule
+    k, n = e.shape if len(e.shape) == 2 else (1, e.shape[0])
+    if rule.kind == EXPERT:
+        count = _cdiv(count, tp)
+    elif rule.op in (QKV, QKV_BIAS):
+        n = (cfg.num_attention_heads // tp + 2 * max(1, cfg.num_key_value_heads // tp)) * cfg.head_dim
+    elif rule.op in (GATE_UP, GATE_UP_BIAS):
+        n = 2 * _cdiv(n // 2, tp)
+    elif rule.tp == ROW and len(e.shape) == 2:
+        k = _cdiv(k, tp)
+    elif rule.kind == EMBED:
+        k, n = (k, _cdiv(n, tp)) if rule.op == LM_HEAD else (_cdiv(k, tp), n)
+    if e.mtp or e.vision:
+        active = 0
+    elif rule.kind == EXPERT:
+        active = min(cfg.moe_k, count)
+    elif rule.kind == EMBED and rule.op != LM_HEAD:
+        active = count if cfg.tie_word_embeddings else 0  # the input embedding is a lookup
+    else:
+        active = -1
+    return Tensor(e.key, k, n, count, rule.kind, e.layer, active, e.mtp)
 
 
 # --------------------------------------------------------------------------- bytes
@@ -303,7 +280,7 @@ def plan(cfg: ErnieConfig, *, quantization: str | None = None, context: int = 40
              context=context, batch=batch,
              params_total=sum(t.params for t in whole),
              params_active=sum(t.active_params for t in whole),
-             params_mtp=sum(t.params for t in whole if t.name.startswith("mtp")),
+             params_mtp=sum(t.params for t in whole if t.mtp),
              params_vision=sum(t.params for t in whole if t.kind == "vision"),
              checkpoint_bytes=sum(tensor_bytes(t, disk, disk_hp) for t in whole),
              weight_bytes=sum(tensor_bytes(t, scheme, hp) for t in whole) + head_copy * tp,
@@ -337,7 +314,7 @@ def _activations(cfg, rank, scheme, hp, device, tp, context, batch) -> int:
         for t in rank:
             if t.kind == "expert":
                 per_layer[t.layer] = per_layer.get(t.layer, 0) + 4 * t.k * t.n * max(t.active, 0)
-        shared = sum(4 * t.k * t.n for t in rank if t.kind == "linear" and not t.name.startswith("mtp"))
+        shared = sum(4 * t.k * t.n for t in rank if t.kind == "linear" and not t.mtp)
         dequant = shared // max(1, cfg.num_hidden_layers) + max(per_layer.values(), default=0)
     return tokens * per_token * act_b + scores + logits + dequant
 

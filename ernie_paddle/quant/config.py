@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from converters.rules import quantizable
 from ernie_paddle.errors import ErnieError
 
 METHODS = ("fp8", "wint8", "wint4", "wint2")
@@ -49,9 +50,7 @@ class QuantConfig:
             if key.endswith(suffix):
                 key = key[: -len(suffix)]
                 break
-        if ("embed_tokens" in key or "lm_head" in key or "moe_statics" in key
-                or any(p.endswith("norm") for p in key.split("."))
-                or key.endswith("mlp.gate") or "correction_bias" in key):
+        if not quantizable(key):
             return None
         if any(m in key for m in self.modules_to_not_convert):
             return None

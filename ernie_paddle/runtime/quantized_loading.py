@@ -18,7 +18,7 @@ import numpy as np
 import paddle
 from paddle import nn
 
-from converters import layout
+from converters import rules
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.models.layers import Linear
 from ernie_paddle.models.quantized import RuntimeQuantLinear
@@ -74,7 +74,7 @@ def _quant_prefixes(ckpt) -> dict[str, set[str]]:
     """Paddle linear prefix -> the quantized suffixes the checkpoint stores for it."""
     out: dict[str, set[str]] = {}
     for key in ckpt.keys():
-        m = layout.match_paddle(key)
+        m = rules.match_paddle(key)
         if m is not None and m.variant:
             out.setdefault(m.weight_key()[: -len(".weight")], set()).add(key.rsplit(".", 1)[1])
     return out
@@ -96,7 +96,7 @@ def prepare(model: nn.Layer, ckpt, qc: QuantConfig, online_: bool) -> dict[str, 
     stubs: dict[str, _Pending] = {}
     if online_:
         for key, _ in list(model.named_parameters()):
-            if (layout.is_linear_weight(key) and isinstance(_owner(model, key)[2], Linear) and qc.method_for(key)):
+            if (rules.is_linear_weight(key) and isinstance(_owner(model, key)[2], Linear) and qc.method_for(key)):
                 prefix = key[: -len(".weight")]
                 stubs[prefix] = _install(model, prefix, qc.method_for(key), True, source)
         return stubs

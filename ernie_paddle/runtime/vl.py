@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 
-from converters.layout_vl import canonical_paddle_key
+from converters.rules import canonical_paddle_key
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.config.vl import token_ids, vision_spec
 from ernie_paddle.errors import ErnieError

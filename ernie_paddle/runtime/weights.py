@@ -11,7 +11,8 @@ import contextlib
 import numpy as np
 import paddle
 
-from converters import layout, schema
+from converters import rules
+from converters.plan import iter_paddle_tensors
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.models import ErnieForCausalLM
@@ -40,13 +41,13 @@ def mtp_layers(ckpt) -> int:
     """MTP layers present in the checkpoint (some releases ship them without the config key)."""
     keys = ckpt.keys()
     if ckpt.format != "paddle":
-        keys = [m.paddle_key() for m in map(layout.match_hf, keys) if m is not None]
-    return schema.mtp_layers_in(keys)
+        keys = [m.paddle_key() for m in map(rules.match_hf, keys) if m is not None]
+    return rules.mtp_layers_in(keys)
 
 
 def tensor_stream(ckpt, dtype: str):
     """(Paddle key, array) of every tensor of ``ckpt``: float32 for a float32 model, else as stored."""
-    return layout.iter_paddle_tensors(ckpt, "float32" if dtype == "float32" else "keep")
+    return iter_paddle_tensors(ckpt, "float32" if dtype == "float32" else "keep")
 
 
 def load_weights(model, tensors, source: object = None) -> None:
@@ -56,7 +57,7 @@ def load_weights(model, tensors, source: object = None) -> None:
     for key, arr in tensors:
         param = params.get(key)
         if param is None:
-            if key == "lm_head.weight" and model.config.tie_word_embeddings:
+            if rules.is_tied_head_copy(key, model.config):
                 continue  # a redundant copy of the tied embedding
             raise ErnieError(f"tensor {key!r} has no place in the model built from config.json", source)
         if tuple(arr.shape) != tuple(param.shape):

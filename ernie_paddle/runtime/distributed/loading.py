@@ -18,6 +18,7 @@ import paddle
 
 from converters import tp_split
 from converters.plan import plan as plan_groups
+from converters.rules import QUANT_SUFFIXES
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import open_checkpoint
@@ -61,7 +62,7 @@ def _full_tensors(ckpt, config: ErnieConfig, plan: TPPlan, dtype: str):
 
 def _split_tensors(ckpt):
     for key in ckpt.keys():
-        if key.endswith(("quant_weight", "weight_scale", "super_scales", "code_scale", "code_zp")):
+        if key.endswith(QUANT_SUFFIXES):
             raise ErnieError(f"tensor {key!r} is quantized; the tensor-parallel runtime loads float "
                              "weights only (load the unsplit checkpoint after dequantizing it)", ckpt.folder)
         yield key, ckpt.get(key)

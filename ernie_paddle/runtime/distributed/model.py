@@ -19,11 +19,11 @@ from 0 (``TPPlan.param_name`` maps a checkpoint key to its parameter, or None wh
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from paddle import nn
 
+from converters.rules import expert_index, renumber_expert
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.models.ernie import DecoderLayer, ErnieForCausalLM, ErnieModel
 from ernie_paddle.models.layers import MLP, Attention, Linear, RMSNorm
@@ -31,7 +31,6 @@ from ernie_paddle.models.moe import SparseMoE
 from ernie_paddle.runtime.distributed.comm import Comm
 
 MOE_MODES = ("tp", "ep")
-_EXPERT = re.compile(r"^(.*\.mlp\.experts\.)(\d+)(\..*)$")
 
 
 @dataclass(frozen=True)
@@ -59,16 +58,15 @@ class TPPlan:
         """Parameter of this rank's model that holds checkpoint tensor ``key``; None = not on this rank."""
         if self.moe != "ep":
             return key
-        m = _EXPERT.match(key)
-        if m is None:
+        j = expert_index(key)
+        if j is None:
             return key
         owned = self.experts(config.moe_num_experts)
-        j = int(m.group(2))
-        return f"{m.group(1)}{j - owned.start}{m.group(3)}" if j in owned else None
+        return renumber_expert(key, j - owned.start) if j in owned else None
 
     def sliced(self, key: str) -> bool:
         """Whether checkpoint tensor ``key`` is cut for this rank (whole experts are not under "ep")."""
-        return not (self.moe == "ep" and _EXPERT.match(key))
+        return not (self.moe == "ep" and expert_index(key) is not None)
 
 
 def expert_parallel_moe(config: ErnieConfig, plan: TPPlan) -> SparseMoE:
