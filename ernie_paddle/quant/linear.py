@@ -162,3 +162,18 @@ class QuantLinear(nn.Layer):
 
     def extra_repr(self) -> str:
         return f"method={self.method}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+def float_weight(layer: nn.Layer) -> paddle.Tensor:
+    """W [in, out] of a linear: its ``weight``, or a QuantLinear's float32 dequantized weight (refused with a
+    bias: the exported program's linears have none)."""
+    if not isinstance(layer, QuantLinear):
+        return layer.weight
+    if layer.bias is not None:
+        raise ErnieError("a quantized linear with a bias cannot be exported")
+    return layer.dequantize()
+
+
+def quantization_methods(model: nn.Layer) -> str | None:
+    """The methods of ``model``'s quantized linears, comma-separated (None when it has none)."""
+    return ",".join(sorted({m.method for m in model.sublayers() if isinstance(m, QuantLinear)})) or None
