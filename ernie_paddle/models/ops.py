@@ -80,7 +80,8 @@ _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("ernie_paddle_ops", def
 
 def active_ops():
     """The op set the blocks use now (``EAGER`` unless inside ``using``)."""
-    return _ACTIVE.get() or EAGER
+    ops = _ACTIVE.get()
+    return EAGER if ops is None else ops
 
 
 @contextlib.contextmanager
