@@ -27,7 +27,7 @@ def quantize(src, dst, method: str, overwrite: bool = False, max_shard_size="5GB
              quiet: bool = False) -> dict:
     """Quantize ``src`` (HF or Paddle, unquantized) into a Paddle checkpoint at ``dst``; returns counts."""
     from ernie_paddle.quant.config import online
-    from ernie_paddle.quant.linear import quantize_weight
+    from ernie_paddle.quant.tensors import quantize_weight
 
     if method not in METHODS:
         raise ErnieError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")

@@ -4,7 +4,7 @@
 ``quantization_config`` or when ``quantization=`` asks for online quantization. The model is built
 without allocating parameters (``paddle.LazyGuard``); each linear that the checkpoint stores quantized
 (``P.quant_weight`` + scales, probed by name, as FastDeploy does) or that the online method covers is
-replaced by a :class:`RuntimeQuantLinear` holding only the compact tensors, built as soon as its tensors
+replaced by a :class:`QuantLinear` holding only the compact tensors, built as soon as its tensors
 have streamed past. Everything else (embeddings, head, norms, router, correction bias, and any linear a
 prequantized checkpoint keeps as ``P.weight``) loads as usual. Which method a linear uses comes from the
 config (``QuantConfig.method_for``); tensors that do not fit that method are an ErnieError.
@@ -21,9 +21,9 @@ from paddle import nn
 from converters import layout
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.models.layers import Linear
-from ernie_paddle.models.quantized import RuntimeQuantLinear
 from ernie_paddle.quant import fp8, weight_only
 from ernie_paddle.quant.config import QuantConfig, online, parse
+from ernie_paddle.quant.linear import QuantLinear
 
 ONLINE_METHODS = ("wint8", "wint4", "fp8")
 _IGNORED = ("activation_scale",)  # named by FastDeploy's key map for block-wise FP8, never read
@@ -136,7 +136,7 @@ def _guess(tensors: dict, elements: int) -> str | None:
 
 
 class _Router:
-    """Feeds ``load_weights`` the plain tensors and turns the quantized ones into RuntimeQuantLinears."""
+    """Feeds ``load_weights`` the plain tensors and turns the quantized ones into QuantLinears."""
 
     def __init__(self, model: nn.Layer, stubs: dict[str, _Pending], qc: QuantConfig, source):
         self.model, self.stubs, self.qc, self.source = model, stubs, qc, source
@@ -146,7 +146,7 @@ class _Router:
     def _build(self, prefix: str, tensors: dict, layout_: str = "auto") -> None:
         stub = self.stubs[prefix]
         try:
-            layer = RuntimeQuantLinear.from_tensors(stub.method, tensors, stub.in_features, stub.out_features,
+            layer = QuantLinear.from_tensors(stub.method, tensors, stub.in_features, stub.out_features,
                                                     layout=layout_, block=self.qc.block_size, name=prefix)
         except ErnieError as e:
             guess = _guess(tensors, stub.in_features * stub.out_features)
@@ -191,7 +191,7 @@ class _Router:
 
 def load_quantized(ckpt, config, dtype: str, qc: QuantConfig, online_: bool, build_model, load_weights,
                    tensors: Iterable[tuple[str, np.ndarray]] | None = None):
-    """An ErnieForCausalLM for ``ckpt`` with RuntimeQuantLinears where ``qc`` (and the tensors) say.
+    """An ErnieForCausalLM for ``ckpt`` with QuantLinears where ``qc`` (and the tensors) say.
 
     ``tensors``: the (parameter name, array) pairs to load (default: every tensor of ``ckpt``); the
     tensor-parallel loader passes its rank's slices, which online quantization then quantizes.
