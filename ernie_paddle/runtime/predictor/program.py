@@ -57,9 +57,10 @@ class KVBuffer:
 def _linears(model) -> list:
     """Every linear the program multiplies by (attention, dense MLPs, shared and routed experts)."""
     out = []
-    for layer in model.ernie.layers:
+    for i, layer in enumerate(model.ernie.layers):
         out += [layer.self_attn.qkv_proj, layer.self_attn.o_proj]
-        mlps = [layer.mlp] if not hasattr(layer.mlp, "gate") else [*layer.mlp.experts, layer.mlp.shared_experts]
+        moe = model.config.is_moe_layer(i)
+        mlps = [*layer.mlp.experts, layer.mlp.shared_experts] if moe else [layer.mlp]
         out += [lin for m in mlps if m is not None for lin in (m.up_gate_proj, m.down_proj)]
     return out
 
