@@ -52,7 +52,7 @@ def route(x: paddle.Tensor, gate: paddle.Tensor, bias: paddle.Tensor | None, k: 
 
 
 def dispatch_experts(x: paddle.Tensor, ids: paddle.Tensor, weights: paddle.Tensor, num_experts: int,
-             experts: dict) -> paddle.Tensor:
+                     experts: dict) -> paddle.Tensor:
     """sum_j weights[:, j] * experts[ids[:, j]](x) for tokens x [N, H] and top-k ``ids``/``weights`` [N, k]
     (weights in x's dtype); ``experts`` maps expert id -> MLP for the experts held (others add nothing)."""
     hits = F.one_hot(ids, num_experts).astype(x.dtype)  # [N, k, E]
