@@ -20,17 +20,15 @@ from ernie_paddle.io.checkpoint import open_checkpoint
 from ernie_paddle.io.shard_writer import ShardAccumulator, atomic_folder
 from ernie_paddle.progress import progress_bar
 
-METHODS = ("wint8", "wint4", "fp8")
-
 
 def quantize(src, dst, method: str, overwrite: bool = False, max_shard_size="5GB",
              quiet: bool = False) -> dict:
     """Quantize ``src`` (HF or Paddle, unquantized) into a Paddle checkpoint at ``dst``; returns counts."""
-    from ernie_paddle.quant.config import online
-    from ernie_paddle.quant.linear import quantize_weight
+    from ernie_paddle.quant.config import ONLINE_METHODS, online
+    from ernie_paddle.quant.tensors import quantize_weight
 
-    if method not in METHODS:
-        raise ErnieError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if method not in ONLINE_METHODS:
+        raise ErnieError(f"unknown method {method!r}; expected one of {', '.join(ONLINE_METHODS)}")
     src, dst = Path(src), Path(dst)
     ckpt = open_checkpoint(src)
     check_paths(src, dst)

@@ -90,7 +90,7 @@ def child(folder: str, variant: str, new_tokens: int, prompt_len: int) -> dict:
 
     import ernie_paddle
     from ernie_paddle.models.layers import Linear
-    from ernie_paddle.models.quantized import RuntimeQuantLinear, _kernels
+    from ernie_paddle.quant.linear import QuantLinear, _kernels
 
     paddle.set_device("cpu")
     before, _ = _rss()
@@ -103,7 +103,7 @@ def child(folder: str, variant: str, new_tokens: int, prompt_len: int) -> dict:
     # buffers include the CPU head copy (``_head_t``) and the quantized storage
     tensor_bytes = sum(nbytes(p) for p in model.parameters()) + sum(nbytes(b) for b in model.buffers())
     linear_bytes = sum(sum(nbytes(t) for t in (*la.parameters(), *la.buffers()))
-                       for la in model.sublayers() if isinstance(la, Linear | RuntimeQuantLinear))
+                       for la in model.sublayers() if isinstance(la, Linear | QuantLinear))
     ids = np.random.default_rng(1).integers(3, rt.config.vocab_size, size=(1, prompt_len))
     list(rt.stream(ids, max_new_tokens=3, stop_token_ids=[]))  # warm-up
     stamps = [time.perf_counter() for _ in rt.stream(ids, max_new_tokens=new_tokens, stop_token_ids=[])]

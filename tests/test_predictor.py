@@ -167,6 +167,30 @@ def test_moe_program_runs_only_chosen_experts(exported, runtime, tmp_path, monke
     np.testing.assert_allclose(load(plain).logits(ids), load(native).logits(ids), atol=1e-5)
 
 
+@pytest.mark.parametrize("quantization", [None, "wint8"])
+def test_export_leaves_the_model_unchanged(model_pair, tmp_path, quantization):
+    """Saving the step program with either operator set leaves the model passed in as it was: the same
+    sublayers, parameter objects, memory and values, and the same dygraph logits."""
+    from ernie_paddle.kernels import predictor_ops
+    from ernie_paddle.runtime.predictor.program import save_program
+
+    _, pd = model_pair("moe-untied-mtp")
+    rt = load(pd, device="cpu", **({"quantization": quantization} if quantization else {}))
+    model, ids = rt.model, np.array([PROMPTS[0]])
+    layers = [id(layer) for layer in model.sublayers()]
+    before = {name: (id(p), p.data_ptr(), p.numpy().copy()) for name, p in model.named_parameters()}
+    logits = rt.logits(ids)
+    native = predictor_ops.get()
+    for i, module in enumerate([None] + ([native] if native is not None else [])):
+        save_program(model, str(tmp_path / f"step{i}"), "float32", module)
+    after = dict(model.named_parameters())
+    assert [id(layer) for layer in model.sublayers()] == layers and list(after) == list(before)
+    for name, (ident, ptr, value) in before.items():
+        assert id(after[name]) == ident and after[name].data_ptr() == ptr, name
+        assert np.array_equal(after[name].numpy(), value), name
+    np.testing.assert_array_equal(rt.logits(ids), logits)
+
+
 def test_moved_export_still_loads(exported, predictor, tmp_path):
     src = exported("dense-tied")
     moved = tmp_path / "elsewhere" / "model"

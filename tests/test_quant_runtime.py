@@ -1,6 +1,6 @@
 """Loading quantized checkpoints (FP8, wint8/wint4, the WINT2 mix) and quantizing on load.
 
-The loaded model keeps compact storage in ``RuntimeQuantLinear`` layers; their dequantized weights must equal
+The loaded model keeps compact storage in ``QuantLinear`` layers; their dequantized weights must equal
 the numpy reference bit for bit, and the logits must equal those of a float32 model built from the reference
 weights (only float32 summation order differs). Against the unquantized model, the logits may move only as
 far as the rounding of the weights explains (see ``_relative_tolerance``).
@@ -20,9 +20,9 @@ from ernie_paddle.cli import main as cli_main
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import open_checkpoint
 from ernie_paddle.io.shard_writer import write_tensors
-from ernie_paddle.models.quantized import RuntimeQuantLinear
 from ernie_paddle.quant import wint2
-from ernie_paddle.quant.linear import dequantize_weight, quantize_weight
+from ernie_paddle.quant.linear import QuantLinear
+from ernie_paddle.quant.tensors import dequantize_weight, quantize_weight
 
 METHODS = ("wint8", "wint4", "fp8")
 SUFFIXES = ("quant_weight", "weight_scale", "super_scales", "code_scale", "code_zp")
@@ -32,7 +32,7 @@ STATS: dict = {}
 
 
 def _quant_layers(model):
-    return {name: layer for name, layer in model.named_sublayers() if isinstance(layer, RuntimeQuantLinear)}
+    return {name: layer for name, layer in model.named_sublayers() if isinstance(layer, QuantLinear)}
 
 
 def _tensors(ckpt, prefix):
@@ -214,7 +214,7 @@ def test_wint2_spec_worked_bytes_through_the_runtime_layer():
     ls = np.full((1, n), 0x10, np.uint8)  # high nibble 1 -> scale = super_scale
     tensors = {"quant_weight": qw, "weight_scale": ls, "super_scales": np.ones(n, ml_dtypes.bfloat16),
                "code_scale": cs, "code_zp": zp}
-    w = RuntimeQuantLinear.from_tensors("wint2", tensors, 64, n).dequantize().numpy()
+    w = QuantLinear.from_tensors("wint2", tensors, 64, n).dequantize().numpy()
     assert w[:4, 0].tolist() == [10, -10, 16, -32] and w[:4, 1].tolist() == [-15, -19, 12, 4]
 
 
@@ -320,7 +320,7 @@ def test_runtime_layer_matches_reference_on_every_path(monkeypatch, method, path
     import paddle
 
     from ernie_paddle.kernels import quant_ops
-    from ernie_paddle.models import quantized as qmod
+    from ernie_paddle.quant import linear as qmod
     from ernie_paddle.quant import weight_only
 
     if path == "paddle-ops":
@@ -336,7 +336,7 @@ def test_runtime_layer_matches_reference_on_every_path(monkeypatch, method, path
     else:
         q, s = weight_only.quantize(w, weight_only.BITS[method])
         tensors, lay = {"quant_weight": q if method == "wint8" else weight_only.pack_int4(q), "weight_scale": s}, "plain"
-    layer = RuntimeQuantLinear.from_tensors(method, tensors, k, n, layout=lay)
+    layer = QuantLinear.from_tensors(method, tensors, k, n, layout=lay)
     ref = dequantize_weight(method, tensors, k, n, layout=lay).astype(np.float64)
     assert np.array_equal(layer.dequantize().numpy(), ref.astype(np.float32))
     for shape in ((1, k), (3, k), (13, k), (2, 5, k)):

@@ -7,7 +7,7 @@ from helpers import run_cli
 from converters.convert import convert
 from ernie_paddle.io.checkpoint import open_checkpoint
 from ernie_paddle.quant.config import read
-from ernie_paddle.quant.linear import dequantize_weight
+from ernie_paddle.quant.tensors import dequantize_weight
 
 LINEARS = ("qkv_proj", "o_proj", "up_gate_proj", "down_proj")
 

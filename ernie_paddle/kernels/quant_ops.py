@@ -1,4 +1,4 @@
-"""Optional compiled CPU kernels for ``RuntimeQuantLinear`` (``quant_ops.cc``, a Paddle custom operator).
+"""Optional compiled CPU kernels for ``QuantLinear`` (``quant_ops.cc``, a Paddle custom operator).
 
 Built on first use by ``ernie_paddle.kernels.build`` (g++, ~15 s once, cached per source and CPU). ``get()``
 returns None, and the runtime uses Paddle ops instead, when ``ERNIE_PADDLE_QUANT_KERNELS=0``, on a
@@ -18,7 +18,7 @@ _KERNELS: dict = {}
 
 
 class Kernels:
-    """Python face of the two operators, taking a RuntimeQuantLinear."""
+    """Python face of the two operators, taking a QuantLinear."""
 
     def __init__(self, module):
         self._fused, self._dequant = module.eqlinear_fused, module.eqlinear_dequant
@@ -43,7 +43,7 @@ class Kernels:
 
 
 def threads() -> int:
-    """Threads per kernel call: ``$ERNIE_PADDLE_QUANT_THREADS``, else 1 (see ``RuntimeQuantLinear``)."""
+    """Threads per kernel call: ``$ERNIE_PADDLE_QUANT_THREADS``, else 1 (see ``QuantLinear``)."""
     return int(os.environ.get("ERNIE_PADDLE_QUANT_THREADS", "1"))
 
 

@@ -6,9 +6,11 @@ import paddle
 from paddle import nn
 
 from ernie_paddle.config.text import ErnieConfig
+from ernie_paddle.models.blocks import MLP, Attention
 from ernie_paddle.models.kv_cache import KVCache
-from ernie_paddle.models.layers import MLP, NEG_INF, Attention, Linear, RMSNorm, causal_mask, rope_cos_sin
+from ernie_paddle.models.layers import NEG_INF, Linear, RMSNorm, causal_mask, rope_cos_sin
 from ernie_paddle.models.moe import SparseMoE
+from ernie_paddle.models.ops import active_ops
 
 
 class DecoderLayer(nn.Layer):
@@ -22,8 +24,10 @@ class DecoderLayer(nn.Layer):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, x, cos, sin, mask, cache=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        """x [B, T, H] after this block; cos/sin, mask and cache in the active op set's form."""
+        op = active_ops()
+        x = self.self_attn(op.norm(self.input_layernorm, x), cos, sin, mask, cache, residual=x)
+        return self.mlp(op.norm(self.post_attention_layernorm, x), residual=x)
 
 
 class ErnieModel(nn.Layer):
@@ -67,12 +71,17 @@ class ErnieModel(nn.Layer):
             mask = paddle.where(allowed, paddle.zeros([1], "float32"),
                                 paddle.full([1], NEG_INF, "float32")).unsqueeze(1)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
-        x = self.embed_tokens(input_ids)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache.layers[i] if cache is not None else None)
+        x = self.decode(self.embed_tokens(input_ids), cos, sin, mask, cache.layers if cache is not None else None)
         if cache is not None:
             cache.advance(t, key_mask)
         return self.norm(x)
+
+    def decode(self, x: paddle.Tensor, cos, sin, mask, caches=None) -> paddle.Tensor:
+        """The decoder stack over embeddings x [B, T, H] (dygraph and the exported program alike);
+        ``caches``: one per layer, in the active op set's form, or None."""
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, caches[i] if caches is not None else None)
+        return x
 
 
 class ErnieForCausalLM(nn.Layer):

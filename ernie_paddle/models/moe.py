@@ -1,4 +1,9 @@
-"""Sparse MoE block as released: fp32 router, correction bias for selection only, only chosen experts run."""
+"""Sparse MoE block as released: fp32 router, correction bias for selection only, only chosen experts run.
+
+``dispatch_experts`` is the one MoE dispatch (text MoE, VL MoE and the exported program's Paddle op set): in
+dygraph it runs the experts the numpy ids name; traced, each expert is a conditional block that runs only
+when some row selected it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from ernie_paddle.config.text import ErnieConfig
-from ernie_paddle.models.layers import MLP
+from ernie_paddle.models.blocks import MLP
+from ernie_paddle.models.ops import active_ops
 
 
 class Router(nn.Layer):
@@ -45,6 +51,27 @@ def route(x: paddle.Tensor, gate: paddle.Tensor, bias: paddle.Tensor | None, k: 
     return ids, weights
 
 
+def dispatch_experts(x: paddle.Tensor, ids: paddle.Tensor, weights: paddle.Tensor, num_experts: int,
+                     experts: dict) -> paddle.Tensor:
+    """sum_j weights[:, j] * experts[ids[:, j]](x) for tokens x [N, H] and top-k ``ids``/``weights`` [N, k]
+    (weights in x's dtype); ``experts`` maps expert id -> MLP for the experts held (others add nothing)."""
+    hits = F.one_hot(ids, num_experts).astype(x.dtype)  # [N, k, E]
+    row_w = (hits * weights.unsqueeze(-1)).sum(axis=1)  # [N, E] weight per row/expert
+    row_hit = hits.sum(axis=1) > 0  # [N, E]
+    if paddle.in_dynamic_mode():
+        present = set(np.unique(ids.numpy()).tolist())
+        chosen = [e in present for e in range(num_experts)]
+    else:  # one op instead of one slice per expert
+        chosen = paddle.split(row_hit.any(axis=0), num_experts)
+    out = paddle.zeros_like(x)
+    for e, expert in experts.items():
+        if chosen[e]:
+            rows = paddle.nonzero(row_hit[:, e]).flatten()
+            part = expert(paddle.gather(x, rows)) * paddle.gather(row_w[:, e:e + 1], rows)
+            out = paddle.index_add(out, rows, 0, part)
+    return out
+
+
 class SparseMoE(nn.Layer):
     """Routed experts (each ``up_gate_proj`` [H, 2Im] + ``down_proj``), optional shared experts, router."""
 
@@ -62,22 +89,19 @@ class SparseMoE(nn.Layer):
         shared = config.shared_intermediate_size if shared_size is None else shared_size
         self.shared_experts = MLP(h, shared) if config.moe_num_shared_experts > 0 else None
 
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+    def routed(self, flat: paddle.Tensor, ids: paddle.Tensor, weights: paddle.Tensor) -> paddle.Tensor:
+        """The held experts' weighted sum for tokens ``flat`` [N, H] (``dispatch_experts``)."""
+        return dispatch_experts(flat, ids, weights, self.gate.weight.shape[1], dict(zip(self.owned, self.experts)))
+
+    def forward(self, x: paddle.Tensor, residual: paddle.Tensor | None = None) -> paddle.Tensor:
+        """(residual +) routed experts + shared experts of x [..., H]."""
+        op = active_ops()
         shape = x.shape
         flat = x.reshape([-1, shape[-1]])
         bias = self.moe_statics.e_score_correction_bias if self.use_bias else None
         ids, weights = route(flat, self.gate.weight, bias, self.top_k, self.norm_min, self.act)
-        weights = weights.astype(flat.dtype)
-        out = paddle.zeros_like(flat)
-        ids_np = ids.numpy()
-        for expert_id in np.unique(ids_np).tolist():
-            if expert_id not in self.owned:
-                continue
-            rows, slots = np.nonzero(ids_np == expert_id)
-            rows_t = paddle.to_tensor(rows, dtype="int64")
-            slot_w = weights[rows_t, paddle.to_tensor(slots, dtype="int64")].unsqueeze(-1)
-            expert_out = self.experts[expert_id - self.owned.start](paddle.gather(flat, rows_t)) * slot_w
-            out = paddle.index_add(out, rows_t, 0, expert_out)
+        out = op.experts(self, flat, ids, weights)
         if self.shared_experts is not None:
-            out = out + self.shared_experts(flat)
-        return out.reshape(shape)
+            out = self.shared_experts(flat, residual=out)
+        out = out.reshape(shape)
+        return out if residual is None else residual + out

@@ -1,18 +1,20 @@
-"""Quantized weights: block-wise FP8, WINT2 (CCQ), weight-only int8/int4; configs and a CPU QuantLinear.
+"""Quantized weights: formats (block-wise FP8, WINT2 (CCQ), weight-only int8/int4), configs, one linear's
+checkpoint tensors, and ``QuantLinear``, the runtime layer over them.
 
-``fp8``, ``wint2``, ``weight_only`` and ``config`` need only numpy, so the converters (layer 1) can use the
-FP8 mapping helpers without importing paddle; ``linear`` (QuantLinear) is loaded on first use.
+``fp8``, ``wint2``, ``weight_only``, ``config`` and ``tensors`` need only numpy, so the converters (layer 1)
+use them without importing paddle; ``linear`` (QuantLinear) is loaded on first use.
 """
 
 from ernie_paddle.quant.config import METHODS, QuantConfig, online, parse, read
+from ernie_paddle.quant.tensors import compact, dequantize_weight, quantize_weight
 
-_LINEAR = ("QuantLinear", "compact", "dequantize_weight", "quantize_weight")
-__all__ = ["METHODS", "QuantConfig", "online", "parse", "read", *_LINEAR]
+__all__ = ["METHODS", "QuantConfig", "QuantLinear", "compact", "dequantize_weight", "online", "parse",
+           "quantize_weight", "read"]
 
 
 def __getattr__(name: str):
-    if name in _LINEAR:
-        from ernie_paddle.quant import linear
+    if name == "QuantLinear":
+        from ernie_paddle.quant.linear import QuantLinear
 
-        return getattr(linear, name)
+        return QuantLinear
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,6 +18,7 @@ from converters.rules import quantizable
 from ernie_paddle.errors import ErnieError
 
 METHODS = ("fp8", "wint8", "wint4", "wint2")
+ONLINE_METHODS = ("wint8", "wint4", "fp8")  # what a float checkpoint can be quantized to (no WINT2 encoder)
 _PADDLE_TYPES = {"block_wise_fp8": "fp8", "wint8": "wint8", "wint4": "wint4",
                  "weight_only_int8": "wint8", "weight_only_int4": "wint4"}
 _PADDLE_NAME = {"fp8": "block_wise_fp8", "wint8": "wint8", "wint4": "wint4"}

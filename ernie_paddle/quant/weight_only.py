@@ -168,10 +168,3 @@ def check_scale(scale: np.ndarray | None, n: int, name: str = "weight_scale") ->
     if scale.dtype not in FLOATS or scale.size != n or scale.ndim > 2:
         raise ErnieError(f"tensor {name!r} has {scale.dtype} {list(scale.shape)}; expected a float vector [{n}]")
     return scale.reshape(n).astype(np.float32)
-
-
-def dequantize(buf: np.ndarray, scale: np.ndarray, bits: int, k: int, n: int, layout: str = "auto",
-               name: str = "weight") -> np.ndarray:
-    """float32 W [K, N] from a stored ``quant_weight`` + ``weight_scale``."""
-    s = check_scale(scale, n, f"{name}.weight_scale")
-    return dequantize_values(unpack(buf, bits, k, n, layout, f"{name}.quant_weight"), s)

@@ -4,7 +4,7 @@
 ``quantization_config`` or when ``quantization=`` asks for online quantization. The model is built
 without allocating parameters (``paddle.LazyGuard``); each linear that the checkpoint stores quantized
 (``P.quant_weight`` + scales, probed by name, as FastDeploy does) or that the online method covers is
-replaced by a :class:`RuntimeQuantLinear` holding only the compact tensors, built as soon as its tensors
+replaced by a :class:`QuantLinear` holding only the compact tensors, built as soon as its tensors
 have streamed past. Everything else (embeddings, head, norms, router, correction bias, and any linear a
 prequantized checkpoint keeps as ``P.weight``) loads as usual. Which method a linear uses comes from the
 config (``QuantConfig.method_for``); tensors that do not fit that method are an ErnieError.
@@ -21,12 +21,11 @@ from paddle import nn
 from converters import rules
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.models.layers import Linear
-from ernie_paddle.models.quantized import RuntimeQuantLinear
-from ernie_paddle.quant import fp8, weight_only
-from ernie_paddle.quant.config import QuantConfig, online, parse
+from ernie_paddle.quant.config import ONLINE_METHODS, QuantConfig, online, parse
+from ernie_paddle.quant.linear import QuantLinear
+from ernie_paddle.quant.tensors import quantize_weight
 from ernie_paddle.runtime.weights import build_model, load_weights, tensor_stream
 
-ONLINE_METHODS = ("wint8", "wint4", "fp8")
 _IGNORED = ("activation_scale",)  # named by FastDeploy's key map for block-wise FP8, never read
 _NEEDED = {"fp8": ("quant_weight", "weight_scale"), "wint8": ("quant_weight", "weight_scale"),
            "wint4": ("quant_weight", "weight_scale"),
@@ -114,11 +113,7 @@ def prepare(model: nn.Layer, ckpt, qc: QuantConfig, online_: bool) -> dict[str, 
 
 def _online_tensors(method: str, w: np.ndarray, block: int, name: str) -> tuple[dict, str]:
     """The compact tensors of W [in, out] (same values ``converters.quantize`` writes) and their layout."""
-    if method == "fp8":
-        q, s = fp8.quantize(w, block, name)
-        return {"quant_weight": q, "weight_scale": s}, "auto"
-    q, s = weight_only.quantize(w, weight_only.BITS[method], name=name)
-    return {"quant_weight": q if method == "wint8" else weight_only.pack_int4(q), "weight_scale": s}, "plain"
+    return quantize_weight(method, w, block=block, name=name, layout="plain"), ("auto" if method == "fp8" else "plain")
 
 
 def _guess(tensors: dict, elements: int) -> str | None:
@@ -137,7 +132,7 @@ def _guess(tensors: dict, elements: int) -> str | None:
 
 
 class _Router:
-    """Feeds ``load_weights`` the plain tensors and turns the quantized ones into RuntimeQuantLinears."""
+    """Feeds ``load_weights`` the plain tensors and turns the quantized ones into QuantLinears."""
 
     def __init__(self, model: nn.Layer, stubs: dict[str, _Pending], qc: QuantConfig, source):
         self.model, self.stubs, self.qc, self.source = model, stubs, qc, source
@@ -147,7 +142,7 @@ class _Router:
     def _build(self, prefix: str, tensors: dict, layout_: str = "auto") -> None:
         stub = self.stubs[prefix]
         try:
-            layer = RuntimeQuantLinear.from_tensors(stub.method, tensors, stub.in_features, stub.out_features,
+            layer = QuantLinear.from_tensors(stub.method, tensors, stub.in_features, stub.out_features,
                                                     layout=layout_, block=self.qc.block_size, name=prefix)
         except ErnieError as e:
             guess = _guess(tensors, stub.in_features * stub.out_features)
@@ -191,7 +186,7 @@ class _Router:
 
 
 def load_quantized(ckpt, config, dtype: str, qc: QuantConfig, online_: bool):
-    """An ErnieForCausalLM for ``ckpt`` with RuntimeQuantLinears where ``qc`` (and the tensors) say."""
+    """An ErnieForCausalLM for ``ckpt`` with QuantLinears where ``qc`` (and the tensors) say."""
     with paddle.LazyGuard():
         model = build_model(config, dtype)
     return fill_quantized(model, ckpt, qc, online_, tensor_stream(ckpt, dtype))
@@ -200,7 +195,7 @@ def load_quantized(ckpt, config, dtype: str, qc: QuantConfig, online_: bool):
 def fill_quantized(model: nn.Layer, ckpt, qc: QuantConfig, online_: bool,
                    tensors: Iterable[tuple[str, np.ndarray]]) -> nn.Layer:
     """Load ``tensors`` (parameter name, array) into ``model``, built under ``paddle.LazyGuard``, with
-    RuntimeQuantLinears where ``qc`` says; the tensor-parallel loader passes its rank's slices here."""
+    QuantLinears where ``qc`` says; the tensor-parallel loader passes its rank's slices here."""
     stubs = prepare(model, ckpt, qc, online_)
     router = _Router(model, stubs, qc, ckpt.folder)
     load_weights(model, router(tensors), ckpt.folder)

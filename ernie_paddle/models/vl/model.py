@@ -12,8 +12,9 @@ from paddle import nn
 
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.config.vl import hw_sections, moe_layers, vision_spec
+from ernie_paddle.models.blocks import MLP, Attention
 from ernie_paddle.models.kv_cache import KVCache
-from ernie_paddle.models.layers import MLP, Attention, RMSNorm
+from ernie_paddle.models.layers import RMSNorm
 from ernie_paddle.models.vl.moe import VLSparseMoE
 from ernie_paddle.models.vl.resampler import Resampler
 from ernie_paddle.models.vl.rope3d import rope_3d_cos_sin

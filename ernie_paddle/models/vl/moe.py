@@ -9,8 +9,8 @@ from paddle import nn
 
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.config.vl import pair
-from ernie_paddle.models.layers import MLP
-from ernie_paddle.models.moe import route
+from ernie_paddle.models.blocks import MLP
+from ernie_paddle.models.moe import dispatch_experts, route
 
 
 class VLRouter(nn.Layer):
@@ -30,17 +30,6 @@ class VLMoEStatics(nn.Layer):
         super().__init__()
         self.e_score_correction_bias = self.create_parameter(
             [2, num_experts], dtype="float32", default_initializer=nn.initializer.Constant(0.0))
-
-
-def _dispatch(rows: paddle.Tensor, ids: np.ndarray, weights: paddle.Tensor, experts, offset: int) -> paddle.Tensor:
-    """sum_j w_j * experts[offset + j](row) over each row's chosen experts (only those run)."""
-    out = paddle.zeros_like(rows)
-    for expert_id in np.unique(ids).tolist():
-        r, slots = np.nonzero(ids == expert_id)
-        r_t = paddle.to_tensor(r, dtype="int64")
-        w = weights[r_t, paddle.to_tensor(slots, dtype="int64")].unsqueeze(-1)
-        out = paddle.index_add(out, r_t, 0, experts[offset + expert_id](paddle.gather(rows, r_t)) * w)
-    return out
 
 
 class VLSparseMoE(nn.Layer):
@@ -65,7 +54,8 @@ class VLSparseMoE(nn.Layer):
         n = gate.shape[1]
         bias = self.moe_statics.e_score_correction_bias[int(vision), :n] if self.use_bias else None
         ids, weights = route(rows, gate, bias, self.top_k, self.norm_min, self.act)
-        return _dispatch(rows, ids.numpy(), weights.astype(rows.dtype), self.experts, self.e_text if vision else 0)
+        offset = self.e_text if vision else 0
+        return dispatch_experts(rows, ids, weights.astype(rows.dtype), n, {e: self.experts[offset + e] for e in range(n)})
 
     def forward(self, x: paddle.Tensor, vision_mask: np.ndarray | None = None) -> paddle.Tensor:
         """x [B, T, H]; ``vision_mask`` bool [B, T] marks image/video tokens (None: all text)."""

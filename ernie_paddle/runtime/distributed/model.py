@@ -25,8 +25,9 @@ from paddle import nn
 
 from converters.rules import expert_index, renumber_expert
 from ernie_paddle.config.text import ErnieConfig
+from ernie_paddle.models.blocks import MLP, Attention
 from ernie_paddle.models.ernie import DecoderLayer, ErnieForCausalLM, ErnieModel
-from ernie_paddle.models.layers import MLP, Attention, Linear, RMSNorm
+from ernie_paddle.models.layers import Linear, RMSNorm
 from ernie_paddle.models.moe import SparseMoE
 from ernie_paddle.runtime.distributed.comm import Comm
 

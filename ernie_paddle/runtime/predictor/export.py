@@ -29,6 +29,7 @@ import paddle
 from ernie_paddle import __version__
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
+from ernie_paddle.quant.linear import quantization_methods
 from ernie_paddle.runtime.predictor import manifest as mf
 from ernie_paddle.runtime.predictor.choice import unsupported_reason
 from ernie_paddle.runtime.predictor.program import INPUT_NAMES, PROGRAM_VERSION, input_specs, save_program
@@ -48,25 +49,6 @@ def native_ops(device: str, dtype: str):
     from ernie_paddle.kernels import predictor_ops
 
     return predictor_ops.get()
-
-
-def dequantize_linears(model) -> str | None:
-    """Replace every quantized linear of ``model`` by a float32 ``Linear`` holding its dequantized weight;
-    returns the quantization method (None when there was none)."""
-    from ernie_paddle.models.layers import Linear
-    from ernie_paddle.quant.linear import QuantLinear
-
-    methods = set()
-    for parent in model.sublayers(include_self=True):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, QuantLinear):
-                if child.bias is not None:
-                    raise ErnieError("a quantized linear with a bias cannot be exported")
-                lin = Linear(child.in_features, child.out_features, dtype="float32")
-                lin.weight.set_value(child.dequantize())
-                setattr(parent, name, lin)
-                methods.add(child.method)
-    return ",".join(sorted(methods)) or None
 
 
 def _copy_side_files(source: Path, dest: Path) -> list[str]:
@@ -111,7 +93,7 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
     digest = digest or mf.checkpoint_digest(source)
     rt = load_text(source, dtype=dtype, device=device, quantization=quantization)
     config = rt.config
-    method = dequantize_linears(rt.model)
+    method = quantization_methods(rt.model)
     max_seq_len = int(max_seq_len or config.max_position_embeddings)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{time.monotonic_ns()}"
