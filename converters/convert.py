@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from converters.plan import plan
+from converters.tensor_groups import plan_groups
 from ernie_paddle.config.text import HF, PADDLE
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import SAFE_INDEX, open_checkpoint
@@ -88,7 +88,7 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, dtype: str 
     if target not in (HF, PADDLE):
         raise ErnieError(f"unknown target layout {target!r} (paddle or hf)")
     start = time.perf_counter()
-    groups = plan(ckpt, target, dtype)
+    groups = plan_groups(ckpt, target, dtype)
     shards = plan_shards([g.outputs for g in groups], parse_size(max_shard_size))
     total = sum(o.nbytes for g in groups for o in g.outputs)
     written = 0

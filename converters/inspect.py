@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from converters.expected import expected_tensors
-from converters.plan import analyse
 from converters.rules import is_tied_head_copy, mtp_layers_in
+from converters.tensor_groups import analyse
 from ernie_paddle.io.checkpoint import open_checkpoint
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from converters.plan import iter_hf_tensors
+from converters.tensor_groups import iter_hf_tensors
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import open_checkpoint
 

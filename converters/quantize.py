@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from converters.convert import check_paths, copy_side_files
-from converters.plan import plan
 from converters.rules import is_linear_weight
+from converters.tensor_groups import plan_groups
 from ernie_paddle.config.text import PADDLE
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import open_checkpoint
@@ -35,7 +35,7 @@ def quantize(src, dst, method: str, overwrite: bool = False, max_shard_size="5GB
     if ckpt.config.quantization_config:
         raise ErnieError("the checkpoint is already quantized; quantize an unquantized one", src / "config.json")
     qc = online(method)
-    groups = plan(ckpt, PADDLE)
+    groups = plan_groups(ckpt, PADDLE)
     counts = {"quantized": 0, "kept": 0}
     with atomic_folder(dst, overwrite) as tmp:
         out = ShardAccumulator(tmp, "paddle", max_shard_size)

@@ -18,8 +18,8 @@ import numpy as np
 
 from converters.convert import check_paths, copy_side_files
 from converters.layout_ops import GATE_UP, GATE_UP_BIAS, QKV, QKV_BIAS
-from converters.plan import plan
 from converters.rules import BLOCK, COLUMN, QUANT_VARIANTS, ROW, Match, match_paddle, mlp_width
+from converters.tensor_groups import plan_groups
 from ernie_paddle.config.text import PADDLE, ErnieConfig
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import open_checkpoint
@@ -108,7 +108,7 @@ def split(src, dst, tp: int, overwrite: bool = False, quiet: bool = False) -> li
     check_paths(src, dst)
     cfg = ckpt.config
     check_degree(cfg, tp, src / "config.json")
-    groups = plan(ckpt, PADDLE)
+    groups = plan_groups(ckpt, PADDLE)
     keys = {o.name for g in groups for o in g.outputs}
     rank_specs = [[[OutSpec(o.name, o.dtype, _slice_shape(o, cfg, tp, r, keys)) for o in g.outputs]
                    for g in groups] for r in range(tp)]

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import open_checkpoint
-from ernie_paddle.runtime.distributed.loading import load as load_rank
+from ernie_paddle.runtime.distributed.rank_runtime import load as load_rank
 from ernie_paddle.runtime.distributed.runinfo import launched_world
-from ernie_paddle.runtime.predictor.choice import resolve_engine
 from ernie_paddle.runtime.predictor.runtime import load_predictor
+from ernie_paddle.runtime.predictor.support import resolve_engine
 from ernie_paddle.runtime.protocols import Model
 from ernie_paddle.runtime.setup import setup
 from ernie_paddle.runtime.text import text_runtime

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.plan import plan
+from converters.tensor_groups import plan_groups
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.io.checkpoint import open_checkpoint
 from ernie_paddle.io.dtypes import BY_CODE
@@ -93,7 +93,7 @@ def convert_in_child(src: Path, dst: Path) -> dict:
 
 def largest_group(folder: Path, target: str) -> int:
     ckpt = open_checkpoint(folder)
-    return max(sum(o.nbytes for o in g.outputs) for g in plan(ckpt, target))
+    return max(sum(o.nbytes for o in g.outputs) for g in plan_groups(ckpt, target))
 
 
 def main() -> None:

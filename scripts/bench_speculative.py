@@ -47,7 +47,7 @@ def runtime_with_mtp(folder: Path, quiet: bool = False, fit_prompts: int = 16, f
     _log("no MTP layer in the checkpoint: fitting one by least squares ...", quiet)
     model = build_model(rt.config.replace(num_nextn_predict_layers=1))
     model.set_state_dict(rt.model.state_dict())
-    model.prepare_head()
+    model.cache_head_transpose()
     rt.model, rt.config = model, model.config
     rng = np.random.default_rng(1)
     prompts = rng.integers(3, rt.config.vocab_size, size=(fit_prompts, 16))

@@ -16,8 +16,8 @@ from converters.convert import convert
 from converters.tp_split import split
 from ernie_paddle.io.checkpoint import open_checkpoint
 from ernie_paddle.runtime.distributed import launcher, runinfo
-from ernie_paddle.runtime.distributed.loading import rank_slice
-from ernie_paddle.runtime.distributed.model import TPPlan
+from ernie_paddle.runtime.distributed.model import RankShard
+from ernie_paddle.runtime.distributed.rank_runtime import rank_slice
 
 JOB = Path(__file__).with_name("tp_job.py")
 PROMPTS = [[5, 9, 100, 7, 33, 250], [8, 1000, 3]]
@@ -117,13 +117,13 @@ def test_expert_partition_and_names():
     from ernie_paddle.config.text import ErnieConfig
 
     cfg = ErnieConfig(family="moe", moe_num_experts=6, moe_k=2, moe_intermediate_size=64)
-    plans = [TPPlan(4, r, "ep") for r in range(4)]
+    plans = [RankShard(4, r, "ep") for r in range(4)]
     owned = [list(p.experts(6)) for p in plans]
     assert sorted(sum(owned, [])) == list(range(6)) and all(owned)  # uneven, but every expert once
     key = "ernie.layers.1.mlp.experts.5.down_proj.weight"
     names = [p.param_name(key, cfg) for p in plans]
     assert names == [None, None, None, "ernie.layers.1.mlp.experts.1.down_proj.weight"]
-    assert TPPlan(4, 0, "tp").param_name(key, cfg) == key and not plans[0].sliced(key)
+    assert RankShard(4, 0, "tp").param_name(key, cfg) == key and not plans[0].sliced(key)
 
 
 def _status_writer(folder):

@@ -18,7 +18,7 @@ MAX_LINES = 400
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("ernie_paddle.errors", "ernie_paddle.progress", "ernie_paddle.version"),
     ("ernie_paddle.config", "ernie_paddle.io", "ernie_paddle.kernels"),
-    ("converters.rules", "converters.layout_ops", "converters.expected", "converters.plan",
+    ("converters.rules", "converters.layout_ops", "converters.expected", "converters.tensor_groups",
      "ernie_paddle.quant", "ernie_paddle.tokenizer"),
     ("ernie_paddle.models",),
     ("converters", "ernie_paddle.planning"),

@@ -8,7 +8,7 @@ from helpers import run_cli
 from safetensors.numpy import load_file, save_file
 
 from converters.parity import run_parity
-from converters.plan import iter_paddle_tensors
+from converters.tensor_groups import iter_paddle_tensors
 from ernie_paddle.io.checkpoint import open_checkpoint
 from ernie_paddle.models.moe import SparseMoE, route
 

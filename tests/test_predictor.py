@@ -21,7 +21,7 @@ from ernie_paddle.runtime.predictor import (
     resolve_engine,
     supports,
 )
-from ernie_paddle.runtime.predictor.engine import PredictorEngine
+from ernie_paddle.runtime.predictor.batching import PredictorEngine
 
 pytest_plugins = ("fixtures_models",)  # model_pair, runtime
 

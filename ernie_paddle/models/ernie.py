@@ -100,7 +100,7 @@ class ErnieForCausalLM(nn.Layer):
     def new_cache(self, capacity: int = 0) -> KVCache:
         return KVCache(self.config.num_hidden_layers, capacity)
 
-    def prepare_head(self) -> None:
+    def cache_head_transpose(self) -> None:
         """Keep a [H, V] copy of a tied head: a plain matmul is faster than a transposed one on CPU."""
         if self.config.tie_word_embeddings:
             self._head_t = self.ernie.embed_tokens.weight.t().contiguous()

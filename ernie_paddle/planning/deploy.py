@@ -17,7 +17,7 @@ import sys
 import yaml
 
 from ernie_paddle.errors import ErnieError
-from ernie_paddle.planning.memory import QUANTIZATIONS, Plan, plan
+from ernie_paddle.planning.memory import QUANTIZATIONS, MemoryPlan, plan
 from ernie_paddle.planning.model_ref import default_quantization, load_config
 
 PORT = 8000
@@ -37,7 +37,7 @@ def mib(n: int) -> str:
     return f"{math.ceil(n / MiB)}Mi"
 
 
-def memory_request(p: Plan, ranks: int) -> int:
+def memory_request(p: MemoryPlan, ranks: int) -> int:
     """Host memory one pod needs: ``ranks`` ranks of the planner's host figure."""
     return p.host_bytes_per_rank * ranks
 
@@ -86,7 +86,7 @@ def _meta(api: str, kind: str, name: str, labels: dict, **body) -> dict:
     return {"apiVersion": api, "kind": kind, "metadata": {"name": name, "labels": dict(labels)}, **body}
 
 
-def _pvc(name: str, labels: dict, p: Plan, storage_class: str | None, shared: bool) -> dict:
+def _pvc(name: str, labels: dict, p: MemoryPlan, storage_class: str | None, shared: bool) -> dict:
     spec = {"accessModes": ["ReadOnlyMany" if shared else "ReadWriteOnce"],
             "resources": {"requests": {"storage": f"{math.ceil(p.checkpoint_bytes * 1.2 / (1 << 30))}Gi"}}}
     if storage_class:
@@ -120,7 +120,7 @@ def _probe(period: int, failures: int) -> dict:
             "failureThreshold": failures}
 
 
-def _pod_spec(name, labels, image, p: Plan, device, per_node, nnodes, cpu) -> dict:
+def _pod_spec(name, labels, image, p: MemoryPlan, device, per_node, nnodes, cpu) -> dict:
     mem = memory_request(p, per_node)
     resources = {"requests": {"cpu": str(cpu), "memory": mib(mem)},
                  "limits": {"memory": mib(int(mem * 1.2))}}

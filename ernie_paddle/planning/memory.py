@@ -7,7 +7,7 @@ are replicated. KV heads are divided while ``tp <= kv_heads``, then replicated (
 
 CPU: Paddle CPU has no bf16 kernels, so unquantized tensors are resident in float32 whatever the
 checkpoint dtype; quantized storage stays compact and each layer is dequantized to float32 when used.
-A tied head also gets a transposed float32 copy on CPU (``ErnieForCausalLM.prepare_head``), except in
+A tied head also gets a transposed float32 copy on CPU (``ErnieForCausalLM.cache_head_transpose``), except in
 quantized models, which keep memory low instead (eager engine; the predictor's CPU export has no copy, so
 the figure is an upper bound for it).
 GPU: unquantized tensors stay in the checkpoint dtype (bf16); routers and correction bias are fp32.
@@ -215,7 +215,7 @@ def _hp(scheme: Scheme, device: str, cfg: ErnieConfig) -> int:
 
 # --------------------------------------------------------------------------- plan
 @dataclass
-class Plan:
+class MemoryPlan:
     """All figures in bytes or counts; ``*_per_rank`` are for one tensor-parallel rank."""
 
     model: str
@@ -251,8 +251,8 @@ class Plan:
 
 
 def plan(cfg: ErnieConfig, *, quantization: str | None = None, context: int = 4096, batch: int = 1,
-         tp: int = 1, device: str = "gpu", model: str = "") -> Plan:
-    """Plan memory for ``cfg`` served with ``batch`` sequences of ``context`` tokens on ``tp`` ranks."""
+         tp: int = 1, device: str = "gpu", model: str = "") -> MemoryPlan:
+    """MemoryPlan memory for ``cfg`` served with ``batch`` sequences of ``context`` tokens on ``tp`` ranks."""
     if device not in ("cpu", "gpu"):
         raise ErnieError(f"--device must be cpu or gpu, not {device!r}")
     if context < 1 or batch < 1:
@@ -276,7 +276,7 @@ def plan(cfg: ErnieConfig, *, quantization: str | None = None, context: int = 40
     staging = 2 * 4 * max(t.k * t.n for t in rank)
     host = total if device == "cpu" else GPU_HOST_RUNTIME_BYTES + staging
     name = scheme.name if scheme.quantized or device == "gpu" else "fp32"  # CPU computes in float32
-    p = Plan(model=model, family=cfg.family, device=device, quantization=name, tp=tp,
+    p = MemoryPlan(model=model, family=cfg.family, device=device, quantization=name, tp=tp,
              context=context, batch=batch,
              params_total=sum(t.params for t in whole),
              params_active=sum(t.active_params for t in whole),
@@ -319,7 +319,7 @@ def _activations(cfg, rank, scheme, hp, device, tp, context, batch) -> int:
     return tokens * per_token * act_b + scores + logits + dequant
 
 
-def fit(p: Plan, cfg: ErnieConfig, quantization: str | None) -> dict:
+def fit(p: MemoryPlan, cfg: ErnieConfig, quantization: str | None) -> dict:
     """The smallest common card (GPU) or host RAM size (CPU) that holds one rank; else a --tp hint."""
     if p.device == "cpu":
         need = p.total_bytes_per_rank * p.tp
@@ -351,7 +351,7 @@ def human(n: float) -> str:
     return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n / 1024:.1f} KiB"
 
 
-def summary_lines(p: Plan) -> list[str]:
+def summary_lines(p: MemoryPlan) -> list[str]:
     """Human-readable planner output."""
     f = p.fit
     fit_text = (f"{f['count']} x {f['name']}" if f.get("kind") == "gpu" else f["name"])

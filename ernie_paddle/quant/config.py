@@ -9,12 +9,11 @@ quantized. Whether a given checkpoint stores a linear quantized is decided by it
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converters.rules import quantizable
+from converters.rules import match_hf, match_paddle, quantizable
 from ernie_paddle.errors import ErnieError
 
 METHODS = ("fp8", "wint8", "wint4", "wint2")
@@ -23,7 +22,6 @@ _PADDLE_TYPES = {"block_wise_fp8": "fp8", "wint8": "wint8", "wint4": "wint4",
                  "weight_only_int8": "wint8", "weight_only_int4": "wint4"}
 _PADDLE_NAME = {"fp8": "block_wise_fp8", "wint8": "wint8", "wint4": "wint4"}
 _UNSUPPORTED = ("tensor_wise_fp8", "w4a8", "w4afp8", "w8a8", "wfp8afp8", "nvfp4", "mxfp4")
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 _SUFFIXES = (".quant_weight", ".weight_scale_inv", ".weight_scale", ".super_scales", ".code_scale", ".code_zp",
              ".activation_scale", ".weight", ".bias")
 
@@ -55,14 +53,14 @@ class QuantConfig:
             return None
         if any(m in key for m in self.modules_to_not_convert):
             return None
-        if ".experts." not in f"{key}.":
+        m = match_paddle(f"{key}.weight") or match_hf(f"{key}.weight")
+        if m is None or m.expert is None:
             return self.dense
         if image and self.image_moe is not None:
             return self.image_moe
-        if self.moe == "wint2" and self.wint4_end_layer is not None:
-            m = _LAYER.search(key)
-            if m and int(m.group(1)) <= self.wint4_end_layer:
-                return "wint4"
+        if self.moe == "wint2" and self.wint4_end_layer is not None and m.layer is not None \
+                and m.layer <= self.wint4_end_layer:
+            return "wint4"
         return self.moe
 
     @property

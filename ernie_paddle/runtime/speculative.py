@@ -65,7 +65,8 @@ class SpecStats:
 
 
 def has_mtp(model) -> bool:
-    return getattr(getattr(model, "ernie", None), "mtp_block", None) is not None
+    ernie = getattr(model, "ernie", None)  # a VL model or a predictor has no ErnieModel, hence no MTP layer
+    return ernie is not None and ernie.config.num_nextn_predict_layers > 0
 
 
 def accept_draft(u: float, p_draft: float, q_draft: float) -> bool:
@@ -82,7 +83,7 @@ def check_method(model, method: str, num_draft: int) -> None:
         raise ErnieError("speculative decoding runs on the dygraph engine (load with engine='dygraph')")
     if not has_mtp(model):
         raise ErnieError("speculative decoding with 'mtp' needs a checkpoint with an MTP layer "
-                         "(mtp_block / mtp_linear_proj tensors); this one has none")
+                         "(its MTP tensors); this one has none")
 
 
 def _additive_mask(key_mask: paddle.Tensor | None, t: int) -> paddle.Tensor | None:

@@ -1,7 +1,7 @@
 """The dygraph runtime of an ERNIE 4.5 text checkpoint (Paddle or HF layout): ``ErnieRuntime`` and its loader.
 
 A checkpoint whose config.json has a ``quantization_config``, or a load with ``quantization=``, keeps its
-linears compact (``ernie_paddle.runtime.quantized_loading``).
+linears compact (``ernie_paddle.runtime.quantized_weights``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ernie_paddle.models import ErnieForCausalLM
 from ernie_paddle.runtime import speculative as spec
 from ernie_paddle.runtime.batching import EagerEngine
 from ernie_paddle.runtime.generation import generate, pad_batch, read_generation_config, stream
-from ernie_paddle.runtime.quantized_loading import load_quantized, resolve
+from ernie_paddle.runtime.quantized_weights import load_quantized, resolve
 from ernie_paddle.runtime.setup import Placement, setup
 from ernie_paddle.runtime.weights import build_model, load_weights, mtp_layers, tensor_stream
 
@@ -100,7 +100,7 @@ def text_runtime(ckpt, place: Placement, quantization: str | None = None) -> Ern
         model = build_model(config, place.dtype)
         load_weights(model, tensor_stream(ckpt, place.dtype), ckpt.folder)
     if place.device == "cpu" and qc is None:  # quantized models keep memory low: no transposed head copy
-        model.prepare_head()
+        model.cache_head_transpose()
     return ErnieRuntime(model, ckpt.folder, place.device, place.dtype, read_generation_config(ckpt.folder))
 
 

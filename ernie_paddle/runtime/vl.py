@@ -46,7 +46,7 @@ def as_inputs(config: ErnieConfig, prompt) -> VLInputs:
     return VLInputs(ids, *modality_types(ids, token_ids(config)))
 
 
-def prepare(model: ErnieVLForConditionalGeneration, inputs: VLInputs):
+def embed_prompt(model: ErnieVLForConditionalGeneration, inputs: VLInputs):
     """(embeddings [B, T, H], positions [3, B, T], vision mask [B, T], rope delta [B]) for a prompt batch."""
     ids = np.asarray(inputs.input_ids, dtype=np.int64)
     spec = vision_spec(model.config)
@@ -89,7 +89,7 @@ class _PromptedModel:
 
     def __init__(self, model: ErnieVLForConditionalGeneration, inputs: VLInputs):
         self.model, self.config = model, model.config
-        self.prepared = prepare(model, inputs)
+        self.prepared = embed_prompt(model, inputs)
 
     def new_cache(self, capacity: int = 0):
         return self.model.new_cache(capacity)
@@ -137,7 +137,7 @@ class ErnieVLRuntime:
     def logits(self, inputs) -> np.ndarray:
         """Float32 logits [B, T, V] of the whole prompt."""
         with paddle.no_grad():
-            embeds, positions, mask, _ = prepare(self.model, as_inputs(self.config, inputs))
+            embeds, positions, mask, _ = embed_prompt(self.model, as_inputs(self.config, inputs))
             return self.model(embeds, positions, mask).numpy()
 
     def stream(self, inputs, max_new_tokens: int | None = None, **sampling) -> Iterator[np.ndarray]:

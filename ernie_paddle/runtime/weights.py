@@ -12,7 +12,7 @@ import numpy as np
 import paddle
 
 from converters import rules
-from converters.plan import iter_paddle_tensors
+from converters.tensor_groups import iter_paddle_tensors
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.models import ErnieForCausalLM

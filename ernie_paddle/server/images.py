@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.server.api_errors import APIError
 
@@ -47,17 +45,6 @@ def vl_chat_inputs(state, req):
         return state.runtime.inputs(messages=messages)
     except ErnieError as exc:
         raise APIError(400, str(exc), "messages", "invalid_image") from exc
-
-
-def vl_input(config, prompt):
-    """``prompt`` (VL inputs, or token ids of a text-only prompt) as the VL runtime's ``stream`` takes it."""
-    if not isinstance(prompt, list):
-        return prompt
-    from ernie_paddle.config.vl import token_ids
-    from ernie_paddle.tokenizer.vl_prompt import VLInputs, modality_types
-
-    row = np.array([prompt], dtype=np.int64)
-    return VLInputs(row, *modality_types(row, token_ids(config)), None, None)
 
 
 def prompt_length(prompt) -> int:

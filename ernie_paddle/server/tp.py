@@ -16,11 +16,13 @@ from ernie_paddle.server.state import Settings
 def serve_tp(settings: Settings, moe: str, host: str = "127.0.0.1", port: int = 8000,
              log_level: str = "info") -> None:
     """Serve ``settings.model_path`` from this rank's part of the model until rank 0 is stopped."""
-    from ernie_paddle.runtime.distributed import get_comm, load
+    from ernie_paddle.api import load
+    from ernie_paddle.runtime.distributed import get_comm
     from ernie_paddle.runtime.distributed.steps import LeaderEngine, follow
 
     comm = get_comm()
-    runtime = load(settings.model_path, moe=moe, device=settings.device, num_threads=settings.num_threads)
+    runtime = load(settings.model_path, device=settings.device, num_threads=settings.num_threads,
+                   tp=comm.world, moe=moe)
     engine = runtime.step_engine()
     if comm.rank != 0:
         follow(engine, comm)

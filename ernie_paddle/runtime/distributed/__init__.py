@@ -19,8 +19,8 @@ Names are imported lazily, so the launching process (``launcher``) does not impo
 import importlib
 
 _EXPORTS = {"Comm": "comm", "PeerLost": "comm", "get_comm": "comm", "launched_world": "runinfo",
-            "TPRuntime": "loading", "is_split_folder": "loading", "load": "loading", "rank_slice": "loading",
-            "MOE_MODES": "model", "TPErnieForCausalLM": "model", "TPPlan": "model"}
+            "TPRuntime": "rank_runtime", "is_split_folder": "rank_runtime", "load": "rank_runtime", "rank_slice": "rank_runtime",
+            "MOE_MODES": "model", "TPErnieForCausalLM": "model", "RankShard": "model"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -14,7 +14,7 @@ heads and of the MLP width) and one all_reduce closes each attention and each ML
 - embedding, final norm and LM head are replicated (see ``ernie_paddle.runtime.distributed`` for why).
 
 Parameter names equal the checkpoint keys except that an expert-parallel rank numbers its own experts
-from 0 (``TPPlan.param_name`` maps a checkpoint key to its parameter, or None when another rank owns it).
+from 0 (``RankShard.param_name`` maps a checkpoint key to its parameter, or None when another rank owns it).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ MOE_MODES = ("tp", "ep")
 
 
 @dataclass(frozen=True)
-class TPPlan:
+class RankShard:
     """Which part of the model rank ``rank`` of ``tp`` holds; ``moe`` is "tp" or "ep"."""
 
     tp: int
@@ -70,7 +70,7 @@ class TPPlan:
         return not (self.moe == "ep" and expert_index(key) is not None)
 
 
-def expert_parallel_moe(config: ErnieConfig, plan: TPPlan) -> SparseMoE:
+def expert_parallel_moe(config: ErnieConfig, plan: RankShard) -> SparseMoE:
     """SparseMoE holding only the experts this rank owns (whole), and its slice of the shared experts.
 
     Its ``forward`` returns this rank's partial sum; the decoder layer's all_reduce adds the others.
@@ -82,7 +82,7 @@ def expert_parallel_moe(config: ErnieConfig, plan: TPPlan) -> SparseMoE:
 class TPDecoderLayer(DecoderLayer):
     """DecoderLayer whose attention and MLP hold this rank's part; one all_reduce closes each block."""
 
-    def __init__(self, config: ErnieConfig, moe: bool, plan: TPPlan, comm: Comm):
+    def __init__(self, config: ErnieConfig, moe: bool, plan: RankShard, comm: Comm):
         nn.Layer.__init__(self)
         local = plan.local_config(config)
         self.comm = comm
@@ -104,7 +104,7 @@ class TPDecoderLayer(DecoderLayer):
 class TPErnieModel(ErnieModel):
     """ErnieModel (same forward) with TPDecoderLayer layers and MTP block; embeddings and norms whole."""
 
-    def __init__(self, config: ErnieConfig, plan: TPPlan, comm: Comm):
+    def __init__(self, config: ErnieConfig, plan: RankShard, comm: Comm):
         super().__init__(config.replace(num_hidden_layers=0, num_nextn_predict_layers=0))
         self.config = config
         self.layers = nn.LayerList([TPDecoderLayer(config, config.is_moe_layer(i), plan, comm)
@@ -121,7 +121,7 @@ class TPErnieModel(ErnieModel):
 class TPErnieForCausalLM(ErnieForCausalLM):
     """ErnieForCausalLM over TPErnieModel; the (replicated) head gives identical logits on every rank."""
 
-    def __init__(self, config: ErnieConfig, plan: TPPlan, comm: Comm):
+    def __init__(self, config: ErnieConfig, plan: RankShard, comm: Comm):
         nn.Layer.__init__(self)
         self.config = config
         self.plan = plan

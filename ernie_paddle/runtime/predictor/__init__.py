@@ -4,11 +4,11 @@
 exports into the cache under ``$ERNIE_PADDLE_HOME/exports`` on first use.
 """
 
-from ernie_paddle.runtime.predictor.choice import resolve_engine
 from ernie_paddle.runtime.predictor.export import export, export_cached, supports
 from ernie_paddle.runtime.predictor.manifest import checkpoint_digest, is_export_folder, verify_export
 from ernie_paddle.runtime.predictor.runner import Predictor
 from ernie_paddle.runtime.predictor.runtime import PredictorRuntime, load_predictor
+from ernie_paddle.runtime.predictor.support import resolve_engine
 
 __all__ = ["Predictor", "PredictorRuntime", "checkpoint_digest", "export", "export_cached", "is_export_folder",
            "load_predictor", "resolve_engine", "supports", "verify_export"]

@@ -31,8 +31,8 @@ from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.quant.linear import quantization_methods
 from ernie_paddle.runtime.predictor import manifest as mf
-from ernie_paddle.runtime.predictor.choice import unsupported_reason
 from ernie_paddle.runtime.predictor.program import INPUT_NAMES, PROGRAM_VERSION, input_specs, save_program
+from ernie_paddle.runtime.predictor.support import unsupported_reason
 
 DEFAULT_MAX_BATCH = 32
 

@@ -24,7 +24,7 @@ class PredictorCache:
         self.key_mask: np.ndarray | None = None  # int64 [B, length], 1 = real token
         self.seen: np.ndarray | None = None  # int64 [B, 1]
 
-    def prepare(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def positions_and_mask(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Positions [B, T] for new tokens with padding ``mask`` [B, T], and the key mask [B, length + T].
 
         Positions count real tokens only, exactly as ``KVCache.positions_and_mask``.
@@ -77,7 +77,7 @@ class PredictorModel:
             mask = np.asarray(m, dtype=np.int64).reshape(b, t)
         state = cache if cache is not None else PredictorCache(self.predictor, t)
         start = state.length
-        positions, key_mask = state.prepare(mask)
+        positions, key_mask = state.positions_and_mask(mask)
         index = np.array([t - 1] if last_only else np.arange(t), dtype=np.int64)
         out = self.predictor.run(ids, positions, key_mask, start, index, state.kv)
         state.advance(key_mask)

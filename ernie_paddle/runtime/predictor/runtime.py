@@ -11,7 +11,7 @@ from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.runtime.generation import pad_batch, read_generation_config
 from ernie_paddle.runtime.predictor import manifest as mf
-from ernie_paddle.runtime.predictor.engine import PredictorEngine
+from ernie_paddle.runtime.predictor.batching import PredictorEngine
 from ernie_paddle.runtime.predictor.export import export_cached, supports
 from ernie_paddle.runtime.predictor.model import PredictorModel
 from ernie_paddle.runtime.predictor.runner import Predictor

@@ -89,7 +89,7 @@ def _install(model: nn.Layer, prefix: str, method: str, online_: bool, source) -
     return stub
 
 
-def prepare(model: nn.Layer, ckpt, qc: QuantConfig, online_: bool) -> dict[str, _Pending]:
+def install_stubs(model: nn.Layer, ckpt, qc: QuantConfig, online_: bool) -> dict[str, _Pending]:
     """Swap every linear that will be quantized for a stub (before any weight is allocated)."""
     source = ckpt.folder
     stubs: dict[str, _Pending] = {}
@@ -196,7 +196,7 @@ def fill_quantized(model: nn.Layer, ckpt, qc: QuantConfig, online_: bool,
                    tensors: Iterable[tuple[str, np.ndarray]]) -> nn.Layer:
     """Load ``tensors`` (parameter name, array) into ``model``, built under ``paddle.LazyGuard``, with
     QuantLinears where ``qc`` says; the tensor-parallel loader passes its rank's slices here."""
-    stubs = prepare(model, ckpt, qc, online_)
+    stubs = install_stubs(model, ckpt, qc, online_)
     router = _Router(model, stubs, qc, ckpt.folder)
     load_weights(model, router(tensors), ckpt.folder)
     router.finish()

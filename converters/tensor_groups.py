@@ -1,4 +1,4 @@
-"""Plan a conversion as tensor groups, validated against the config before any byte is written.
+"""MemoryPlan a conversion as tensor groups, validated against the config before any byte is written.
 
 A group is the unit of streaming: the source tensors of one rule instance (e.g. q, k, v of one layer)
 and the output tensors they become. Planning reads headers only; ``Group.compute`` reads the data.
@@ -131,7 +131,7 @@ def analyse(ckpt: Checkpoint) -> Analysis:
     return Analysis(groups, problems)
 
 
-def plan(ckpt: Checkpoint, target: str, dtype: str = "keep") -> list[Group]:
+def plan_groups(ckpt: Checkpoint, target: str, dtype: str = "keep") -> list[Group]:
     """Validated groups that turn ``ckpt`` into ``target`` layout (``"hf"`` or ``"paddle"``)."""
     if dtype != "keep" and dtype not in BY_NAME:
         raise ErnieError(f"unknown --dtype {dtype!r} (keep, bfloat16, float16 or float32)")
@@ -215,7 +215,7 @@ def _source_name(ckpt: Checkpoint, pkey: str) -> str:
 
 def iter_tensors(ckpt: Checkpoint, target: str, dtype: str = "keep") -> Iterator[tuple[str, np.ndarray]]:
     """Yield (key, array) of ``ckpt`` in ``target`` layout, one group at a time."""
-    for group in plan(ckpt, target, dtype):
+    for group in plan_groups(ckpt, target, dtype):
         yield from zip((o.name for o in group.outputs), group.compute(ckpt))
 
 

@@ -17,16 +17,16 @@ import numpy as np
 import paddle
 
 from converters import tp_split
-from converters.plan import plan as plan_groups
 from converters.rules import QUANT_SUFFIXES
+from converters.tensor_groups import plan_groups
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import open_checkpoint
 from ernie_paddle.runtime.distributed.comm import Comm, get_comm, local_world_size
-from ernie_paddle.runtime.distributed.model import MOE_MODES, TPErnieForCausalLM, TPPlan
+from ernie_paddle.runtime.distributed.model import MOE_MODES, RankShard, TPErnieForCausalLM
 from ernie_paddle.runtime.generation import read_generation_config
-from ernie_paddle.runtime.quantized_loading import fill_quantized
-from ernie_paddle.runtime.quantized_loading import resolve as resolve_quantization
+from ernie_paddle.runtime.quantized_weights import fill_quantized
+from ernie_paddle.runtime.quantized_weights import resolve as resolve_quantization
 from ernie_paddle.runtime.setup import resolve_device, setup
 from ernie_paddle.runtime.text import TEXT_FAMILIES, ErnieRuntime
 from ernie_paddle.runtime.weights import default_dtype, load_weights, mtp_layers
@@ -49,7 +49,7 @@ def is_split_folder(path) -> bool:
     return (Path(path) / tp_split.MANIFEST).is_file()
 
 
-def _full_tensors(ckpt, config: ErnieConfig, plan: TPPlan, dtype: str):
+def _full_tensors(ckpt, config: ErnieConfig, plan: RankShard, dtype: str):
     """(parameter name, this rank's array) from a full checkpoint; unowned experts are never read."""
     for group in plan_groups(ckpt, "paddle", dtype):
         names = [plan.param_name(o.name, config) for o in group.outputs]
@@ -68,7 +68,7 @@ def _split_tensors(ckpt):
         yield key, ckpt.get(key)
 
 
-def open_rank_source(path, plan: TPPlan):
+def open_rank_source(path, plan: RankShard):
     """(config, checkpoint, tensor iterator factory) for this rank, from a split folder or a full one."""
     path = Path(path)
     if is_split_folder(path):
@@ -95,7 +95,7 @@ class TPRuntime(ErnieRuntime):
     def __init__(self, model: TPErnieForCausalLM, folder, device, dtype, generation_defaults=None):
         super().__init__(model, folder, device, dtype, generation_defaults)
         self.comm: Comm = model.comm
-        self.plan: TPPlan = model.plan
+        self.plan: RankShard = model.plan
 
     def _seeded(self, sampling: dict) -> dict:
         if sampling.get("seed") is None:
@@ -125,7 +125,7 @@ def load(path, moe: str = "tp", dtype: str | None = None, device: str | None = N
     if moe not in MOE_MODES:
         raise ErnieError(f"unknown MoE parallel mode {moe!r} ({' or '.join(MOE_MODES)})")
     comm = comm or get_comm()
-    plan = TPPlan(comm.world, comm.rank, moe)
+    plan = RankShard(comm.world, comm.rank, moe)
     device = resolve_device(device)
     if device.startswith("gpu"):
         device = f"gpu:{paddle.distributed.ParallelEnv().device_id}"
@@ -152,7 +152,7 @@ def load(path, moe: str = "tp", dtype: str | None = None, device: str | None = N
         model = build()
         load_weights(model, rank_tensors, ckpt.folder)
         if device == "cpu":
-            model.prepare_head()
+            model.cache_head_transpose()
     else:
         with paddle.LazyGuard():
             model = build()
