@@ -16,10 +16,10 @@ from ernie_paddle.models.ops import active_ops
 class DecoderLayer(nn.Layer):
     """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)); the MLP is dense or sparse MoE."""
 
-    def __init__(self, config: ErnieConfig, moe: bool):
+    def __init__(self, config: ErnieConfig, moe: bool, sparse_mlp: type[nn.Layer] = SparseMoE):
         super().__init__()
         self.self_attn = Attention(config)
-        self.mlp = SparseMoE(config) if moe else MLP(config.hidden_size, config.intermediate_size)
+        self.mlp = sparse_mlp(config) if moe else MLP(config.hidden_size, config.intermediate_size)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 

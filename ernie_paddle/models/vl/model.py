@@ -12,7 +12,7 @@ from paddle import nn
 
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.config.vl import hw_sections, moe_layers, vision_spec
-from ernie_paddle.models.blocks import MLP, Attention
+from ernie_paddle.models.ernie import DecoderLayer
 from ernie_paddle.models.kv_cache import KVCache
 from ernie_paddle.models.layers import RMSNorm
 from ernie_paddle.models.vl.moe import VLSparseMoE
@@ -21,15 +21,11 @@ from ernie_paddle.models.vl.rope3d import rope_3d_cos_sin
 from ernie_paddle.models.vl.vision import VisionTransformer
 
 
-class VLDecoderLayer(nn.Layer):
-    """Pre-norm block; the MLP is dense or the multimodal MoE (which needs the vision-token mask)."""
+class VLDecoderLayer(DecoderLayer):
+    """The text block with the multimodal MoE, whose forward needs the vision-token mask."""
 
     def __init__(self, config: ErnieConfig, moe: bool):
-        super().__init__()
-        self.self_attn = Attention(config)
-        self.mlp = VLSparseMoE(config) if moe else MLP(config.hidden_size, config.intermediate_size)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        super().__init__(config, moe, VLSparseMoE)
 
     def forward(self, x, cos, sin, cache=None, vision_mask=None):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, None, cache)
