@@ -6,6 +6,7 @@ temporary sibling folder -> index + config + copied non-weight files -> atomic r
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import SAFE_INDEX, open_checkpoint
 from ernie_paddle.io.shard_writer import ShardedWriter, atomic_folder, parse_size, plan_shards
 from ernie_paddle.progress import progress_bar
+from ernie_paddle.quant.config import parse
 
 SAFETENSORS_FORMAT = {HF: "pt", PADDLE: "paddle"}
 _WEIGHT_SUFFIXES = (".safetensors", ".pdparams")
@@ -62,9 +64,7 @@ def copy_side_files(src: Path, dst: Path, skip=frozenset()) -> list[str]:
 
 def translate_quant_config(cfg, target: str, path) -> dict | None:
     """The ``quantization_config`` in the target dialect (Paddle block_wise_fp8 <-> HF ``fp8``)."""
-    import dataclasses
 
-    from ernie_paddle.quant.config import parse
 
     qc = parse(cfg.quantization_config, path)
     if qc is None or qc.source == target:

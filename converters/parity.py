@@ -13,8 +13,10 @@ import numpy as np
 import torch
 
 from converters.tensor_groups import iter_hf_tensors
+from ernie_paddle.api import load
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import open_checkpoint
+from ernie_paddle.runtime.generation import pad_batch
 
 DEFAULT_ATOL = 1e-4
 
@@ -119,8 +121,6 @@ def run_parity(model_dir, reference_dir=None, prompts=None, max_new_tokens: int 
     ``runtime``: an already loaded runtime of ``model_dir`` to use instead of loading one (e.g. a
     tensor-parallel rank's, fp32 on the CPU).
     """
-    from ernie_paddle.api import load
-    from ernie_paddle.runtime.generation import pad_batch
 
     ours = runtime or load(model_dir, dtype="float32", device="cpu", engine=engine)
     ref = load_reference(model_dir, reference_dir)

@@ -19,13 +19,13 @@ from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import open_checkpoint
 from ernie_paddle.io.shard_writer import ShardAccumulator, atomic_folder
 from ernie_paddle.progress import progress_bar
+from ernie_paddle.quant.config import ONLINE_METHODS, online
+from ernie_paddle.quant.tensors import quantize_weight
 
 
 def quantize(src, dst, method: str, overwrite: bool = False, max_shard_size="5GB",
              quiet: bool = False) -> dict:
     """Quantize ``src`` (HF or Paddle, unquantized) into a Paddle checkpoint at ``dst``; returns counts."""
-    from ernie_paddle.quant.config import ONLINE_METHODS, online
-    from ernie_paddle.quant.tensors import quantize_weight
 
     if method not in ONLINE_METHODS:
         raise ErnieError(f"unknown method {method!r}; expected one of {', '.join(ONLINE_METHODS)}")

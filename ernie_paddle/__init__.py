@@ -1,9 +1,8 @@
 """ernie-paddle: a PaddlePaddle-native runtime for ERNIE 4.5 with a bridge to Hugging Face PyTorch."""
 
-__version__ = "0.1.0"
-
-from ernie_paddle.config.text import ErnieConfig  # noqa: E402
-from ernie_paddle.errors import ErnieError  # noqa: E402
+from ernie_paddle.config.text import ErnieConfig
+from ernie_paddle.errors import ErnieError
+from ernie_paddle.version import __version__
 
 __all__ = ["ErnieConfig", "ErnieError", "__version__", "load"]
 

@@ -81,8 +81,6 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
 def graph() -> dict[str, set[str]]:
     known = modules()
     g = {name: imports_of(name, path, known) for name, path in known.items()}
-    for name in list(g):  # importing a.b.c runs a/__init__ and a/b/__init__: not an edge we count
-        g[name] = {t for t in g[name] if not name.startswith(t + ".")}
     return g
 
 

@@ -12,6 +12,7 @@ from converters.expected import tensor_entries
 from converters.layout_ops import hf_shapes
 from converters.rules import NORM, is_correction_bias, is_fp32_key, match_paddle
 from ernie_paddle.config.text import ErnieConfig
+from ernie_paddle.devkit.tokenizer_files import MAX_VOCAB, MIN_VOCAB, write_demo_tokenizer
 
 TINY_DENSE = dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
@@ -70,7 +71,6 @@ def make_tiny_hf_checkpoint(folder: str | Path, kind: str = "dense", seed: int =
     if mtp:
         _add_hf_mtp(folder, model, mtp, seed)
     if tokenizer:
-        from ernie_paddle.devkit.tokenizer_files import MAX_VOCAB, MIN_VOCAB, write_demo_tokenizer
 
         if MIN_VOCAB <= model.config.vocab_size <= MAX_VOCAB:
             write_demo_tokenizer(folder, model.config.vocab_size, seed=seed)

@@ -16,6 +16,7 @@ import paddle
 
 from converters.rules import ROW, match_paddle
 from ernie_paddle.models.kv_cache import KVCache
+from ernie_paddle.models.layers import rope_cos_sin
 from ernie_paddle.runtime.speculative import mtp_forward
 
 
@@ -25,7 +26,6 @@ def _block_residual(model, x: paddle.Tensor) -> paddle.Tensor:
     n, length, _ = x.shape
     cache = KVCache(1, length)
     positions, _ = cache.positions_and_mask(n, length, None)
-    from ernie_paddle.models.layers import rope_cos_sin
 
     cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
     return ern.mtp_block[0](x, cos, sin, None, None) - x

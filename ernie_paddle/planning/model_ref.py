@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 
+from ernie_paddle.config.presets import preset_config, preset_name
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
 
@@ -84,7 +85,6 @@ def _checked(folder: Path, need: str) -> Path:
 def load_config(ref: str) -> ErnieConfig:
     """Config of a family preset name, else of a local folder or cached repo id; a repo id not on disk
     that names a family (``baidu/ERNIE-4.5-21B-A3B-PT``) falls back to the preset."""
-    from ernie_paddle.config.presets import preset_config, preset_name
 
     if preset_name(ref) and "/" not in ref and not Path(ref).is_dir():
         return preset_config(ref)

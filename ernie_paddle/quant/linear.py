@@ -24,6 +24,7 @@ import paddle
 from paddle import nn
 
 from ernie_paddle.errors import ErnieError
+from ernie_paddle.kernels import quant_ops
 from ernie_paddle.quant import fp8, wint2
 from ernie_paddle.quant.tensors import compact
 
@@ -34,7 +35,6 @@ _FP8_TABLES: dict[str, paddle.Tensor] = {}  # device -> the table as a tensor, m
 
 
 def _kernels():
-    from ernie_paddle.kernels import quant_ops
 
     return quant_ops.get()
 

@@ -24,6 +24,7 @@ from ernie_paddle.models.vl.rope3d import rope_index
 from ernie_paddle.runtime.generation import generate, pad_batch, read_generation_config, stream
 from ernie_paddle.runtime.setup import Placement, setup
 from ernie_paddle.runtime.weights import default_dtype, load_weights, tensor_stream
+from ernie_paddle.tokenizer.ernie_tokenizer import ErnieTokenizer
 from ernie_paddle.tokenizer.image_preprocess import ImageOptions
 from ernie_paddle.tokenizer.vl_prompt import VLInputs, build_inputs, modality_types, user_message
 
@@ -124,7 +125,6 @@ class ErnieVLRuntime:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from ernie_paddle.tokenizer.ernie_tokenizer import ErnieTokenizer
 
             self._tokenizer = ErnieTokenizer.from_folder(self.folder)
         return self._tokenizer

@@ -26,13 +26,16 @@ from pathlib import Path
 import numpy as np
 import paddle
 
-from ernie_paddle import __version__
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
+from ernie_paddle.io.checkpoint import open_checkpoint
+from ernie_paddle.kernels import predictor_ops
 from ernie_paddle.quant.linear import quantization_methods
 from ernie_paddle.runtime.predictor import manifest as mf
 from ernie_paddle.runtime.predictor.program import INPUT_NAMES, PROGRAM_VERSION, input_specs, save_program
 from ernie_paddle.runtime.predictor.support import unsupported_reason
+from ernie_paddle.runtime.text import load_text
+from ernie_paddle.version import __version__
 
 DEFAULT_MAX_BATCH = 32
 
@@ -46,7 +49,6 @@ def native_ops(device: str, dtype: str):
     """The compiled CPU operators for a float32 CPU export (None elsewhere, or when they cannot be built)."""
     if device != "cpu" or dtype != "float32":
         return None
-    from ernie_paddle.kernels import predictor_ops
 
     return predictor_ops.get()
 
@@ -76,8 +78,6 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
            digest: str | None = None, quantization: str | None = None) -> Path:
     """Export the checkpoint folder ``source`` (HF or Paddle layout) to the folder ``out``; ``quantization``
     quantizes on load (then dequantizes, like a quantized checkpoint: see the module docstring)."""
-    from ernie_paddle.io.checkpoint import open_checkpoint
-    from ernie_paddle.runtime.text import load_text
 
     source, out = Path(source), Path(out)
     if mf.is_export_folder(source):

@@ -19,8 +19,9 @@ import paddle.inference as pdi
 
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
+from ernie_paddle.kernels import predictor_ops
 from ernie_paddle.runtime.predictor import manifest as mf
-from ernie_paddle.runtime.predictor.program import INPUT_NAMES
+from ernie_paddle.runtime.predictor.program import INPUT_NAMES, PROGRAM_VERSION
 from ernie_paddle.runtime.setup import setup
 
 ONEDNN_NOTE = """oneDNN is off by default on CPU: with it, every decode step changes the key length, so each op
@@ -50,8 +51,6 @@ def _quiet_stdout():
 def _load_native_ops(folder: Path, device: str, version) -> None:
     """Register the compiled CPU operators that a "native" program calls (before the predictor exists);
     a program traced by another version may call operators this version no longer has."""
-    from ernie_paddle.kernels import predictor_ops
-    from ernie_paddle.runtime.predictor.program import PROGRAM_VERSION
 
     if version != PROGRAM_VERSION:
         raise ErnieError(f"this export's program (version {version}) calls compiled operators of another "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.runtime.predictor.manifest import MANIFEST
 
@@ -38,7 +39,6 @@ def resolve_engine(path, engine: str | None) -> str:
                              "for --engine dygraph", path)
         return "predictor"
     if engine == "auto":
-        from ernie_paddle.config.text import ErnieConfig
 
         config = ErnieConfig.from_file(path)
         quantized = bool(config.quantization_config)

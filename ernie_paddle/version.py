@@ -1,0 +1,3 @@
+"""The package version (read by the package and by export manifests)."""
+
+__version__ = "0.1.0"
