@@ -202,3 +202,67 @@ def test_generate_cli(model_pair, runtime, tmp_path):
                                                              "added_tokens.json"))
     text = run_cli("generate", bare, "--prompt", "hello")
     assert text.returncode == 2 and "tokenizer" in text.stderr and "Traceback" not in text.stderr
+
+
+def test_output_penalties_and_logit_bias_follow_their_definitions():
+    from ernie_paddle.runtime.generation import apply_logit_bias, apply_output_penalties
+
+    logits = np.array([[2.0, -1.0, 0.5, 3.0], [1.0, 1.0, 1.0, 1.0]], dtype=np.float32)
+    out = apply_output_penalties(logits, [{0: 3, 1: 1}, {}], frequency=0.5, presence=0.25)
+    np.testing.assert_allclose(out, [[2.0 - 1.5 - 0.25, -1.0 - 0.5 - 0.25, 0.5, 3.0], [1.0] * 4])
+    biased = apply_logit_bias(logits, {3: -100.0, 1: 2.5, 99: 7.0})  # an id past the vocab is ignored
+    np.testing.assert_allclose(biased, [[2.0, 1.5, 0.5, -97.0], [1.0, 3.5, 1.0, -99.0]])
+    assert (logits[0] == [2.0, -1.0, 0.5, 3.0]).all()  # the input is left alone
+
+
+def test_min_p_keeps_tokens_above_a_fraction_of_the_top_probability():
+    probs = np.array([[0.5, 0.3, 0.15, 0.05]])
+    out = filter_logits(np.log(probs), min_p=0.3)  # keeps p >= 0.15
+    assert np.isfinite(out[0]).tolist() == [True, True, True, False]
+    assert np.isfinite(filter_logits(np.log(probs), min_p=0.0)[0]).all()
+
+
+def _penalised_reference(rt, prompt, n, frequency=0.0, presence=0.0, repetition=1.0, bias=None):
+    """Greedy tokens from teacher-forced full-forward logits with each control applied by its definition."""
+    seq, out = list(prompt), []
+    for _ in range(n):
+        x = rt.logits(np.array([seq]))[0, -1].astype(np.float64)
+        for t in set(seq):  # HF repetition penalty over prompt and output
+            x[t] = x[t] / repetition if x[t] > 0 else x[t] * repetition
+        for t in set(out):  # OpenAI: count over the output only
+            x[t] -= frequency * out.count(t) + presence
+        for t, b in (bias or {}).items():
+            x[t] += b
+        out.append(int(x.argmax()))
+        seq.append(out[-1])
+    return out
+
+
+@pytest.mark.parametrize("controls", [
+    {"frequency_penalty": 1.5}, {"presence_penalty": 2.0}, {"repetition_penalty": 3.0},
+    {"frequency_penalty": 0.7, "presence_penalty": 0.3, "logit_bias": {640: 6.0, 17: -50.0}},
+])
+def test_penalties_in_generate_match_their_definition(runtime, controls):
+    rt = runtime("dense-tied")
+    prompt, n = [5, 17, 300, 42], 24
+    plain = rt.generate([prompt], max_new_tokens=n, **NO_STOP)[0, len(prompt):].tolist()
+    got = rt.generate([prompt], max_new_tokens=n, **controls, **NO_STOP)[0, len(prompt):].tolist()
+    ref = _penalised_reference(rt, prompt, n, controls.get("frequency_penalty", 0.0),
+                               controls.get("presence_penalty", 0.0), controls.get("repetition_penalty", 1.0),
+                               controls.get("logit_bias"))
+    assert got == ref
+    assert got != plain  # the control changed the output
+
+
+def test_min_p_one_samples_the_greedy_tokens(runtime):
+    rt = runtime("dense-tied")
+    greedy = rt.generate([PROMPTS[0]], max_new_tokens=10, **NO_STOP)
+    sampled = rt.generate([PROMPTS[0]], max_new_tokens=10, do_sample=True, temperature=1.5, min_p=1.0, seed=3,
+                          **NO_STOP)
+    assert sampled.tolist() == greedy.tolist()
+
+
+def test_speculative_refuses_the_controls_it_does_not_implement(runtime):
+    rt = runtime("moe-untied-mtp")
+    with pytest.raises(ErnieError, match="frequency_penalty"):
+        rt.generate([PROMPTS[0]], max_new_tokens=4, speculative="mtp", frequency_penalty=1.0)

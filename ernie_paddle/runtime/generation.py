@@ -1,8 +1,14 @@
 """Token generation over a KV cache: greedy or sampled, batched with left padding, streamed step by step.
 
-Greedy unless the caller asks for sampling (``do_sample=True`` or any of temperature / top_k / top_p);
-missing sampling values then come from ``generation_config.json``. Stop ids default to the file's (or the
-model config's) ``eos_token_id``; ``stop_token_ids=[]`` disables stopping.
+Greedy unless the caller asks for sampling (``do_sample=True`` or any of temperature / top_k / top_p /
+min_p); missing sampling values then come from ``generation_config.json``. Stop ids default to the file's
+(or the model config's) ``eos_token_id``; ``stop_token_ids=[]`` disables stopping.
+
+Before each pick the logits go through, in order: ``repetition_penalty`` (HF: positive logits of tokens in
+the prompt or the output divided by it, negative ones multiplied), ``frequency_penalty`` and
+``presence_penalty`` (OpenAI: ``logit[t] -= frequency * count[t] + presence * (count[t] > 0)``, counts over
+the generated tokens), ``logit_bias`` (added), the min-new-tokens ban on stop ids; sampling then applies
+temperature, ``min_p`` (drop tokens whose probability is under ``min_p`` times the top one), top-k, top-p.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import paddle
 
 from ernie_paddle.errors import ErnieError
 
-_SAMPLING_KEYS = ("temperature", "top_k", "top_p")
+_SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p")
+_PENALTY_KEYS = ("repetition_penalty", "frequency_penalty", "presence_penalty")
 
 
 @dataclass
@@ -30,7 +37,11 @@ class Options:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    min_p: float = 0.0
     repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
     stop_token_ids: tuple[int, ...] = ()
     pad_token_id: int = 0
     seed: int | None = None
@@ -98,7 +109,7 @@ def resolve_options(defaults: dict, model_config=None, **kwargs) -> Options:
     if "max_new_tokens" in defaults:
         opts.max_new_tokens = int(defaults["max_new_tokens"])
     if opts.do_sample:
-        for key in (*_SAMPLING_KEYS, "repetition_penalty"):
+        for key in (*_SAMPLING_KEYS, *_PENALTY_KEYS):
             if defaults.get(key) is not None:
                 setattr(opts, key, type(getattr(opts, key))(defaults[key]))
     eos = defaults.get("eos_token_id", getattr(model_config, "eos_token_id", None))
@@ -111,9 +122,18 @@ def resolve_options(defaults: dict, model_config=None, **kwargs) -> Options:
         opts.do_sample = False
     if opts.max_new_tokens < 0 or opts.min_new_tokens < 0 or opts.top_k < 0:
         raise ErnieError("max_new_tokens, min_new_tokens and top_k must be >= 0")
-    if not 0.0 < opts.top_p <= 1.0 or opts.repetition_penalty <= 0:
-        raise ErnieError("top_p must be in (0, 1] and repetition_penalty > 0")
+    if not 0.0 < opts.top_p <= 1.0 or opts.repetition_penalty <= 0 or not 0.0 <= opts.min_p <= 1.0:
+        raise ErnieError("top_p must be in (0, 1], min_p in [0, 1] and repetition_penalty > 0")
+    opts.logit_bias = {int(t): float(b) for t, b in (opts.logit_bias or {}).items()} or None
     return opts
+
+
+def penalties_in_use(opts: Options) -> list[str]:
+    """Names of the output-history controls ``opts`` turns on beyond repetition_penalty (for engines that
+    implement only that one)."""
+    return [name for name, on in (("frequency_penalty", opts.frequency_penalty != 0),
+                                  ("presence_penalty", opts.presence_penalty != 0),
+                                  ("logit_bias", bool(opts.logit_bias)), ("min_p", opts.min_p > 0)) if on]
 
 
 def pad_batch(prompts, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -138,9 +158,13 @@ def pad_batch(prompts, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def filter_logits(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0) -> np.ndarray:
-    """Scale by temperature and set tokens outside the top-k / top-p (nucleus) set to -inf; rows [B, V]."""
+                  top_p: float = 1.0, min_p: float = 0.0) -> np.ndarray:
+    """Scale by temperature and set tokens outside the min-p / top-k / top-p (nucleus) sets to -inf; rows
+    [B, V]. min-p keeps tokens with probability >= ``min_p`` times the most likely one's."""
     out = logits.astype(np.float64) / max(temperature, 1e-6)
+    if min_p > 0.0:
+        top = out.max(axis=-1, keepdims=True)
+        out = np.where(out < top + np.log(min_p), -np.inf, out)
     if 0 < top_k < out.shape[-1]:
         kth = np.partition(out, -top_k, axis=-1)[:, -top_k][:, None]
         out = np.where(out < kth, -np.inf, out)
@@ -158,6 +182,19 @@ def filter_logits(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0,
     return out
 
 
+class TokenHistory:
+    """One row's tokens: ``seen`` holds the prompt's and the output's (for repetition_penalty), ``counts``
+    the output's only (for the frequency and presence penalties)."""
+
+    def __init__(self, prompt=()):
+        self.seen: set[int] = {int(t) for t in prompt}
+        self.counts: dict[int, int] = {}
+
+    def add(self, token: int) -> None:
+        self.seen.add(token)
+        self.counts[token] = self.counts.get(token, 0) + 1
+
+
 def apply_repetition_penalty(logits: np.ndarray, history: list[set[int]], penalty: float) -> np.ndarray:
     """Divide positive (multiply negative) logits of already-seen tokens by ``penalty``."""
     if penalty == 1.0:
@@ -171,16 +208,49 @@ def apply_repetition_penalty(logits: np.ndarray, history: list[set[int]], penalt
     return logits
 
 
-def choose_next(logits: np.ndarray, opts: Options, rng: np.random.Generator, history: list[set[int]],
-                step: int) -> np.ndarray:
-    """Next token per row from float32 logits [B, V]."""
-    logits = apply_repetition_penalty(logits, history, opts.repetition_penalty)
+def apply_output_penalties(logits: np.ndarray, counts: list[dict[int, int]], frequency: float,
+                           presence: float) -> np.ndarray:
+    """OpenAI's penalties: ``logit[t] -= frequency * count[t] + presence * (count[t] > 0)`` per row."""
+    if frequency == 0 and presence == 0:
+        return logits
+    logits = logits.copy()
+    for row, count in enumerate(counts):
+        if count:
+            idx = np.fromiter(count.keys(), dtype=np.int64, count=len(count))
+            n = np.fromiter(count.values(), dtype=np.float64, count=len(count))
+            logits[row, idx] -= frequency * n + presence
+    return logits
+
+
+def apply_logit_bias(logits: np.ndarray, bias: dict[int, float] | None) -> np.ndarray:
+    """Add ``bias[t]`` to every row's logit of token ``t`` (ids past the logits' width are ignored)."""
+    if not bias:
+        return logits
+    logits = logits.copy()
+    idx = [t for t in bias if 0 <= t < logits.shape[-1]]
+    logits[:, idx] += np.array([bias[t] for t in idx], dtype=logits.dtype)
+    return logits
+
+
+def adjust_logits(logits: np.ndarray, opts: Options, history: list[TokenHistory], step: int) -> np.ndarray:
+    """Everything applied to logits [B, V] before the pick (see the module docstring), greedy or not."""
+    logits = apply_repetition_penalty(logits, [h.seen for h in history], opts.repetition_penalty)
+    logits = apply_output_penalties(logits, [h.counts for h in history], opts.frequency_penalty,
+                                    opts.presence_penalty)
+    logits = apply_logit_bias(logits, opts.logit_bias)
     if step < opts.min_new_tokens and opts.stop_token_ids:
         logits = logits.copy()
         logits[:, [t for t in opts.stop_token_ids if t < logits.shape[-1]]] = -np.inf
+    return logits
+
+
+def choose_next(logits: np.ndarray, opts: Options, rng: np.random.Generator, history: list[TokenHistory],
+                step: int) -> np.ndarray:
+    """Next token per row from float32 logits [B, V]."""
+    logits = adjust_logits(logits, opts, history, step)
     if not opts.do_sample:
         return logits.argmax(axis=-1).astype(np.int64)
-    filtered = filter_logits(logits, opts.temperature, opts.top_k, opts.top_p)
+    filtered = filter_logits(logits, opts.temperature, opts.top_k, opts.top_p, opts.min_p)
     probs = np.exp(filtered - filtered.max(axis=-1, keepdims=True))
     cdf = np.cumsum(probs, axis=-1)
     u = rng.random(len(cdf)) * cdf[:, -1]
@@ -202,7 +272,7 @@ def stream(model, prompts, attention_mask=None, output_logits: bool = False, def
     if opts.max_new_tokens == 0:
         return
     rng = np.random.default_rng(opts.seed)
-    history = [set(row[m > 0].tolist()) for row, m in zip(ids, mask)]
+    history = [TokenHistory(row[m > 0].tolist()) for row, m in zip(ids, mask)]
     finished = np.zeros(len(ids), dtype=bool)
     stops = np.array(opts.stop_token_ids, dtype=np.int64)
     cache = model.new_cache(ids.shape[1] + opts.max_new_tokens)

@@ -35,6 +35,7 @@ from ernie_paddle.runtime.generation import (
     apply_repetition_penalty,
     filter_logits,
     pad_batch,
+    penalties_in_use,
     resolve_options,
 )
 
@@ -307,6 +308,8 @@ class _Run:
 def _setup(model, prompts, attention_mask, defaults, num_draft, method, options):
     check_method(model, method, num_draft)
     opts = resolve_options(defaults or {}, model.config, **options)
+    if penalties_in_use(opts):
+        raise ErnieError(f"speculative decoding does not implement {', '.join(penalties_in_use(opts))}")
     ids, mask = pad_batch(prompts, opts.pad_token_id)
     if attention_mask is not None:
         mask = np.asarray(attention_mask.numpy() if isinstance(attention_mask, paddle.Tensor)

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger("ernie_paddle.server")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 413: "invalid_request_error", 422: "invalid_request_error",
+          404: "not_found_error", 413: "invalid_request_error",
           503: "service_unavailable"}
 
 
@@ -33,13 +33,16 @@ def error_response(status: int, message: str, param=None, code=None, headers=Non
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
-def _describe(errors) -> tuple[str, str | None]:
+def _describe(errors) -> tuple[str, str | None, str]:
+    """(message, param, code) of pydantic errors; ``param`` is the first failing field's dotted path."""
     parts, param = [], None
     for err in errors[:3]:
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        named = (err.get("ctx") or {}).get("param")
+        loc = [named] if named else [str(p) for p in err.get("loc", ()) if p != "body"]
         param = param or (".".join(loc) or None)
         parts.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts), param
+    code = "not_implemented" if errors and errors[0].get("type") == "not_implemented" else "invalid_value"
+    return "; ".join(parts), param, code
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -53,8 +56,8 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "request body is not valid JSON", code="invalid_json")
-        message, param = _describe(errors)
-        return error_response(422, message, param, code="invalid_value")
+        message, param, code = _describe(errors)
+        return error_response(400, message, param, code=code)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

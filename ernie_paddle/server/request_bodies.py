@@ -1,14 +1,31 @@
-"""Request bodies of the OpenAI-compatible routes (pydantic); unknown fields are ignored like OpenAI does."""
+"""Request bodies of the routes (pydantic). Unknown fields are ignored (clients send extras), an explicit
+``null`` means the field's default, and OpenAI fields this server does not implement are refused by name
+(``NOT_IMPLEMENTED``) rather than silently dropped."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic_core import PydanticCustomError
+
+# OpenAI request fields not implemented here -> the values that ask for nothing (accepted and ignored).
+# Any other value is refused with 400 naming the field.
+NOT_IMPLEMENTED: dict[str, tuple] = {
+    "audio": (), "modalities": (["text"],), "prediction": (), "functions": (), "function_call": (),
+    "web_search_options": (), "reasoning_effort": (), "verbosity": (), "store": (False,),
+    "suffix": ("",), "best_of": (1,),
+}
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data):
+        """``{"n": null}`` means ``n`` was not sent (as in the OpenAI API)."""
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
 class StreamOptions(_Body):
@@ -55,14 +72,20 @@ class ChatMessage(_Body):
 
 
 class _Sampling(_Body):
-    """Fields shared by chat and completions, plus vLLM/FastDeploy-style ``top_k``, ``min_tokens``,
-    ``ignore_eos`` and ``return_token_ids`` (each choice then carries the generated ``token_ids``)."""
+    """Fields shared by chat and completions, plus vLLM/FastDeploy-style ``top_k``, ``min_p``,
+    ``repetition_penalty``, ``min_tokens``, ``ignore_eos`` and ``return_token_ids`` (each choice then carries
+    the generated ``token_ids``). ``logit_bias`` maps token ids (as strings) to a bias in [-100, 100]."""
 
     model: StrictStr
     max_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: StrictInt | None = Field(default=None, ge=0)
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    logit_bias: dict[StrictStr, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     n: StrictInt = Field(default=1, ge=1, le=16)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
@@ -72,6 +95,15 @@ class _Sampling(_Body):
     ignore_eos: StrictBool = False
     return_token_ids: StrictBool = False
     user: StrictStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_not_implemented(cls, data):
+        for name, harmless in NOT_IMPLEMENTED.items():
+            if isinstance(data, dict) and data.get(name) is not None and data[name] not in harmless:
+                raise PydanticCustomError("not_implemented", "'{param}' is not implemented by this server",
+                                          {"param": name})
+        return data
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -89,3 +121,18 @@ class CompletionRequest(_Sampling):
     max_tokens: StrictInt | None = Field(default=16, ge=1)
     logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     echo: StrictBool = False
+
+
+class GenerateRequest(_Body):
+    """The seed's ``POST /generate`` body; ``max_length`` counts new tokens, ``do_sample=false`` is greedy."""
+
+    prompt: StrictStr = Field(min_length=1)
+    max_length: StrictInt = Field(default=100, ge=1)
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    do_sample: StrictBool = True
+    stream: ClassVar[bool] = False
+    stream_options: ClassVar[None] = None
+
+    def stop_list(self) -> list[str]:
+        return []

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from ernie_paddle.errors import ErnieError
+from ernie_paddle.runtime.generation import Options, penalties_in_use
 from ernie_paddle.server.api_errors import APIError
 from ernie_paddle.server.images import refuse_images, vl_chat_inputs
 from ernie_paddle.server.sampling import SamplingParams
@@ -66,18 +67,49 @@ def token_budget(state, prompt_len: int, requested: int | None, param: str) -> i
 
 
 def check_logprobs(state, wanted: bool) -> None:
-    if wanted and state.sequential:
-        raise APIError(400, "logprobs are not available when serving a VL model or with --speculative",
-                       "logprobs", "logprobs_not_supported")
+    if wanted and state.settings.speculative:
+        raise APIError(400, "logprobs are not available with --speculative", "logprobs", "logprobs_not_supported")
+
+
+def _logit_bias(state, req) -> dict[int, float]:
+    bias = getattr(req, "logit_bias", None) or {}
+    vocab = len(state.tokenizer)
+    try:
+        out = {int(t): float(b) for t, b in bias.items()}
+    except ValueError:
+        raise APIError(400, "logit_bias keys must be token ids (integers as strings)", "logit_bias",
+                       "invalid_value") from None
+    if any(not 0 <= t < vocab for t in out):
+        raise APIError(400, f"logit_bias token ids must be in [0, {vocab})", "logit_bias", "invalid_value")
+    return out
+
+
+def _value(req, defaults: dict, name: str, fallback, kind=float):
+    """The request's value of ``name``, else generation_config.json's, else ``fallback``."""
+    for value in (getattr(req, name, None), defaults.get(name)):
+        if value is not None:
+            return kind(value)
+    return fallback
 
 
 def sampling_params(state, req, max_tokens: int, logprobs: int | None, index: int) -> SamplingParams:
-    """Request values first, then generation_config.json, then OpenAI defaults (temperature 1)."""
-    defaults = state.generation_defaults
-    temperature = req.temperature if req.temperature is not None else float(defaults.get("temperature", 1.0))
-    top_p = req.top_p if req.top_p is not None else float(defaults.get("top_p", 1.0))
-    top_k = req.top_k if req.top_k is not None else int(defaults.get("top_k", 0) or 0)
-    seed = None if req.seed is None else req.seed + index
-    return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                          min_tokens=min(req.min_tokens, max_tokens), logprobs=logprobs,
-                          stop_token_ids=() if req.ignore_eos else state.stop_token_ids)
+    """Request values first, then generation_config.json, then OpenAI defaults (temperature 1).
+
+    ``req`` is any request body: fields it lacks take their defaults.
+    """
+    d = state.generation_defaults
+    seed = getattr(req, "seed", None)
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=_value(req, d, "temperature", 1.0), top_p=_value(req, d, "top_p", 1.0),
+        top_k=_value(req, d, "top_k", 0, int), min_p=getattr(req, "min_p", 0.0),
+        repetition_penalty=_value(req, d, "repetition_penalty", 1.0),
+        frequency_penalty=_value(req, d, "frequency_penalty", 0.0),
+        presence_penalty=_value(req, d, "presence_penalty", 0.0), logit_bias=_logit_bias(state, req),
+        seed=None if seed is None else seed + index, min_tokens=min(getattr(req, "min_tokens", 0), max_tokens),
+        logprobs=logprobs, stop_token_ids=() if getattr(req, "ignore_eos", False) else state.stop_token_ids)
+    if state.settings.speculative:
+        refused = penalties_in_use(Options(**params.controls()))
+        if refused:
+            raise APIError(400, f"{refused[0]} is not available with --speculative", refused[0],
+                           "not_supported_with_speculative")
+    return params

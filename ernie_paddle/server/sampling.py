@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ernie_paddle.runtime.generation import Options, choose_next
+from ernie_paddle.runtime.generation import Options, TokenHistory, choose_next
 
 
 @dataclass
@@ -17,10 +17,27 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
     seed: int | None = None
     min_tokens: int = 0
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token plus k alternatives
+
+    def controls(self) -> dict:
+        """The logit controls as ``generation.Options`` fields (for the runtime's own ``stream``)."""
+        return {"min_p": self.min_p, "repetition_penalty": self.repetition_penalty,
+                "frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty,
+                "logit_bias": dict(self.logit_bias)}
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """True when a penalty, bias or min-tokens ban changes the logits before the pick."""
+        return (self.repetition_penalty != 1.0 or self.frequency_penalty != 0 or self.presence_penalty != 0
+                or bool(self.logit_bias) or self.min_tokens > 0)
 
 
 @dataclass
@@ -33,19 +50,19 @@ class TokenChoice:
 
 
 class RowSampler:
-    """Pick the next token of one sequence from its logits row."""
+    """Pick the next token of one sequence from its logits row; ``prompt`` counts for repetition_penalty."""
 
-    def __init__(self, params: SamplingParams, vocab_limit: int | None = None):
+    def __init__(self, params: SamplingParams, vocab_limit: int | None = None, prompt=()):
         self.params = params
         self.vocab_limit = vocab_limit
         self.opts = Options(max_new_tokens=params.max_tokens, min_new_tokens=params.min_tokens,
                             do_sample=params.temperature > 0, temperature=params.temperature or 1.0,
                             top_k=params.top_k, top_p=params.top_p, stop_token_ids=params.stop_token_ids,
-                            seed=params.seed)
+                            seed=params.seed, **params.controls())
         self.rng = np.random.default_rng(None if params.seed is None else params.seed % 2**64)
-        self.history: list[set[int]] = [set()]
+        self.history = [TokenHistory(prompt if params.repetition_penalty != 1.0 else ())]
         self.step = 0
-        self.plain_greedy = params.temperature <= 0 and params.logprobs is None and params.min_tokens == 0
+        self.plain_greedy = params.temperature <= 0 and params.logprobs is None and not params.adjusts_logits
 
     def __call__(self, logits: np.ndarray) -> TokenChoice:
         row = logits[None, :]
@@ -54,17 +71,23 @@ class RowSampler:
             row[:, self.vocab_limit:] = -np.inf  # padded embedding rows are not tokens
         token = int(choose_next(row, self.opts, self.rng, self.history, self.step)[0])
         self.step += 1
+        self.history[0].add(token)
         if self.params.logprobs is None:
             return TokenChoice(token)
-        x = row[0].astype(np.float64)
-        lse = x.max() + np.log(np.exp(x - x.max()).sum())
-        k = min(self.params.logprobs, x.shape[0])
-        top = []
-        if k:
-            idx = np.argpartition(-x, k - 1)[:k]
-            idx = idx[np.argsort(-x[idx], kind="stable")]
-            top = [(int(i), float(x[i] - lse)) for i in idx]
-        return TokenChoice(token, float(x[token] - lse), top)
+        return scored_choice(row[0], token, self.params.logprobs)
+
+
+def scored_choice(row: np.ndarray, token: int, k: int) -> TokenChoice:
+    """``token`` with its log-probability under the model's logits ``row`` [V] and the top ``k`` tokens."""
+    x = row.astype(np.float64)
+    lse = x.max() + np.log(np.exp(x - x.max()).sum())
+    k = min(k, x.shape[0])
+    top = []
+    if k:
+        idx = np.argpartition(-x, k - 1)[:k]
+        idx = idx[np.argsort(-x[idx], kind="stable")]
+        top = [(int(i), float(x[i] - lse)) for i in idx]
+    return TokenChoice(token, float(x[token] - lse), top)
 
 
 def sample_rows(samplers: list[RowSampler], logits: np.ndarray) -> list[TokenChoice]:

@@ -35,7 +35,7 @@ class Sequence:
     last: int = -1
 
     def __post_init__(self):
-        self.sampler = RowSampler(self.params, self.vocab_limit)
+        self.sampler = RowSampler(self.params, self.vocab_limit, self.prompt)
 
     def cancel(self) -> None:
         self.cancelled = True

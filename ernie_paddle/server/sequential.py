@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import paddle
 
-from ernie_paddle.server.sampling import TokenChoice
+from ernie_paddle.server.sampling import TokenChoice, scored_choice
 from ernie_paddle.server.scheduler import Scheduler, Sequence
 
 log = logging.getLogger("ernie_paddle.server")
@@ -49,14 +49,17 @@ class SequentialScheduler(Scheduler):
 
     def _generate(self, seq: Sequence) -> None:
         p = seq.params
+        scored = {"output_logits": True} if p.logprobs is not None else {}  # (ids, logits) steps
         steps = self.runtime.stream(
             self.to_input(seq.prompt), max_new_tokens=p.max_tokens, min_new_tokens=p.min_tokens,
             do_sample=p.temperature > 0, temperature=p.temperature or 1.0, top_k=p.top_k, top_p=p.top_p,
-            repetition_penalty=1.0, seed=None if p.seed is None else p.seed % 2**64,
-            stop_token_ids=list(p.stop_token_ids), **self.stream_options)
+            seed=None if p.seed is None else p.seed % 2**64, stop_token_ids=list(p.stop_token_ids),
+            **p.controls(), **scored, **self.stream_options)
         try:
             for step in steps:
-                if seq.cancelled or self._emit(seq, TokenChoice(int(step[0]))):
+                choice = (scored_choice(step[1][0][:seq.vocab_limit], int(step[0][0]), p.logprobs) if scored
+                          else TokenChoice(int(step[0])))
+                if seq.cancelled or self._emit(seq, choice):
                     return
             seq.sink(("end", "length"))  # the runtime ended first (it applies the same limits)
         finally:

@@ -82,6 +82,14 @@ def test_speculative_server_is_greedy_identical_and_counts_acceptance(fitted, tm
         drafted = _counter(srv.base, "speculative_draft_tokens_total")
         accepted = _counter(srv.base, "speculative_accepted_tokens_total")
         rate = _counter(srv.base, "speculative_acceptance_rate")
+        for extra in ({"frequency_penalty": 1.0}, {"logit_bias": {"5": 3}}, {"logprobs": 1}):
+            with pytest.raises(openai.BadRequestError) as err:
+                client.completions.create(model=MODEL_NAME, prompt=PROMPTS[0], **GREEDY, **extra)
+            assert err.value.body["param"] == next(iter(extra))
+        rep = client.completions.create(model=MODEL_NAME, prompt=PROMPTS[0], **{**GREEDY, "extra_body": {
+            **GREEDY["extra_body"], "repetition_penalty": 2.0}}).choices[0].model_extra["token_ids"]
+    assert rep == rt.generate([PROMPTS[0]], max_new_tokens=16, stop_token_ids=[], repetition_penalty=2.0,
+                              do_sample=False)[0, len(PROMPTS[0]):].tolist()
     assert got == want and streamed == want[0]
     assert drafted > 0 and accepted > 0 and rate == pytest.approx(accepted / drafted)
 

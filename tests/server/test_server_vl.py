@@ -111,10 +111,29 @@ def test_http_image_is_refused_and_the_server_keeps_serving(vl, vl_client, tmp_p
     with pytest.raises(openai.BadRequestError, match="--image-dir") as err:
         vl_client.chat.completions.create(model=MODEL_NAME, messages=outside, max_tokens=2)
     assert err.value.body["code"] == "image_url_not_allowed"
-    with pytest.raises(openai.BadRequestError, match="logprobs"):
-        vl_client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=2, logprobs=True)
     r = vl_client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=2, temperature=0)
     assert r.usage.completion_tokens >= 1
+
+
+def test_logprobs_and_penalties_on_a_vl_model(vl, vl_client):
+    """VL answers carry the runtime's own log-probabilities; penalties reach the VL runtime's sampler."""
+    _, runtime, messages = vl
+    inputs = runtime.inputs(messages=messages)
+    steps = list(runtime.stream(inputs, max_new_tokens=4, stop_token_ids=[], output_logits=True))
+    vocab = len(runtime.tokenizer)
+    r = vl_client.chat.completions.create(model=MODEL_NAME, messages=messages, logprobs=True, top_logprobs=2,
+                                          **{**GREEDY, "max_tokens": 4})
+    entries = r.choices[0].logprobs.content
+    assert r.choices[0].model_extra["token_ids"] == [int(ids[0]) for ids, _ in steps]
+    for entry, (ids, logits) in zip(entries, steps, strict=True):
+        x = logits[0, :vocab].astype(np.float64)
+        lsm = x - x.max() - np.log(np.exp(x - x.max()).sum())
+        assert abs(entry.logprob - lsm[int(ids[0])]) < 1e-4 and len(entry.top_logprobs) == 2
+    want = runtime.generate(inputs, max_new_tokens=8, stop_token_ids=[], frequency_penalty=2.0,
+                            presence_penalty=1.0)[0, inputs.input_ids.shape[1]:].tolist()
+    r = vl_client.chat.completions.create(model=MODEL_NAME, messages=messages, frequency_penalty=2.0,
+                                          presence_penalty=1.0, **GREEDY)
+    assert r.choices[0].model_extra["token_ids"] == want
 
 
 def test_image_parts_to_a_text_model_are_refused(client):
