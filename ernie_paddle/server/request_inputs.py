@@ -7,6 +7,7 @@ from ernie_paddle.errors import ErnieError
 from ernie_paddle.server.api_errors import APIError
 from ernie_paddle.server.images import refuse_images, vl_chat_inputs
 from ernie_paddle.server.sampling import SamplingParams
+from ernie_paddle.server.structured_request import request_grammar, row_constraint
 
 
 def check_model(state, name: str) -> None:
@@ -80,4 +81,5 @@ def sampling_params(state, req, max_tokens: int, logprobs: int | None, index: in
     seed = None if req.seed is None else req.seed + index
     return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                           min_tokens=min(req.min_tokens, max_tokens), logprobs=logprobs,
-                          stop_token_ids=() if req.ignore_eos else state.stop_token_ids)
+                          stop_token_ids=() if req.ignore_eos else state.stop_token_ids,
+                          constraint=row_constraint(state, req, request_grammar(req)))

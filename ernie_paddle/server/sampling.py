@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from ernie_paddle.runtime.generation import Options, choose_next
+
+
+class Constraint(Protocol):
+    """A per-row output constraint (``server.structured_output.TokenConstraint``): masks, then follows."""
+
+    def apply(self, row: np.ndarray) -> np.ndarray: ...
+
+    def accept(self, token: int) -> None: ...
 
 
 @dataclass
@@ -21,6 +30,7 @@ class SamplingParams:
     min_tokens: int = 0
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token plus k alternatives
+    constraint: Constraint | None = None  # structured output: only tokens its grammar allows
 
 
 @dataclass
@@ -46,13 +56,17 @@ class RowSampler:
         self.history: list[set[int]] = [set()]
         self.step = 0
         self.plain_greedy = params.temperature <= 0 and params.logprobs is None and params.min_tokens == 0
+        self.plain_greedy = self.plain_greedy and params.constraint is None
 
     def __call__(self, logits: np.ndarray) -> TokenChoice:
         row = logits[None, :]
         if self.vocab_limit is not None and row.shape[-1] > self.vocab_limit:
             row = row.copy()
             row[:, self.vocab_limit:] = -np.inf  # padded embedding rows are not tokens
-        token = int(choose_next(row, self.opts, self.rng, self.history, self.step)[0])
+        allowed = row if self.params.constraint is None else self.params.constraint.apply(row[0])[None, :]
+        token = int(choose_next(allowed, self.opts, self.rng, self.history, self.step)[0])
+        if self.params.constraint is not None:
+            self.params.constraint.accept(token)
         self.step += 1
         if self.params.logprobs is None:
             return TokenChoice(token)
