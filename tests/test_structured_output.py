@@ -74,6 +74,10 @@ def test_regex_choice_and_lark(tok, engine):
     lark = 'start: "(" num ("+" num)* ")"\nnum: /[0-9]{1,3}/'
     text = tok.decode(decode_random(tok, engine.constraint(Grammar("lark", lark)), 7), skip_special_tokens=True)
     assert re.fullmatch(r"\(\d{1,3}(\+\d{1,3})*\)", text)
+    gbnf = 'root ::= "x=" [0-9] [0-9]? ";"'
+    p, g = request_grammar(CompletionRequest(model="m", prompt="x", guided_grammar=gbnf))
+    text = tok.decode(decode_random(tok, engine.constraint(g), 8), skip_special_tokens=True)
+    assert p == "guided_grammar" and re.fullmatch(r"x=\d\d?;", text)
 
 
 def test_bad_grammars_raise_with_the_engines_reason(engine):

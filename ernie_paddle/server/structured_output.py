@@ -26,8 +26,8 @@ class GrammarError(ValueError):
 
 @dataclass(frozen=True)
 class Grammar:
-    """What to compile: ``kind`` is "json_schema" (text is the schema as JSON), "regex", "lark" (Lark or
-    GBNF text) or "choice" (a JSON list of strings)."""
+    """What to compile: ``kind`` is "json_schema" (text is the schema as JSON), "regex", "lark", "grammar"
+    (Lark or llama.cpp GBNF text) or "choice" (a JSON list of strings)."""
 
     kind: str
     text: str
@@ -116,6 +116,8 @@ class GrammarEngine:
 
         text = grammar_text(grammar)
         if text not in self._checked:
+            if len(self._checked) >= 256:  # many distinct schemas: start over rather than grow
+                self._checked.clear()
             is_error, messages = LLMatcher.validate_grammar_with_warnings(text, self.ll_tokenizer)
             if is_error:
                 raise GrammarError(messages[0] if messages else "invalid grammar")

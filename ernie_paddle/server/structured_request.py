@@ -11,7 +11,7 @@ from ernie_paddle.server.api_errors import APIError
 from ernie_paddle.server.structured_output import Grammar, GrammarEngine, GrammarError, TokenConstraint
 
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>\n", "\n</tool_call>"
-_GUIDED = (("json", "json_", "json_schema"), ("regex", "regex", "regex"), ("grammar", "grammar", "lark"),
+_GUIDED = (("json", "json_", "json_schema"), ("regex", "regex", "regex"), ("grammar", "grammar", "grammar"),
            ("choice", "choice", "choice"))  # (name, StructuredOutputs attribute, grammar kind)
 
 
