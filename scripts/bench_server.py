@@ -75,21 +75,22 @@ def long_json(max_tokens: int) -> dict:
 
 
 async def run_clients(base: str, prompts: list[str], concurrency: int, max_tokens: int,
-                      constrained: int = 0) -> tuple[float, int, list[tuple[bool, int, float]]]:
-    """Wall time, total tokens and (constrained, tokens, seconds) per request; the first ``constrained``
-    prompts go with a JSON schema."""
+                      constrained: bool = False) -> tuple[float, int, list[tuple[bool, int, float]]]:
+    """Wall time, total tokens and (constrained, tokens, seconds) per request; with ``constrained`` every
+    other prompt goes with a JSON schema."""
     import openai
 
     client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=600)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i, prompt):
-        extra = {"response_format": long_json(max_tokens)} if i < constrained else {"ignore_eos": True}
+        json_row = constrained and i % 2 == 1
+        extra = {"response_format": long_json(max_tokens)} if json_row else {"ignore_eos": True}
         async with gate:
             t = time.perf_counter()
             r = await client.completions.create(model="bench", prompt=prompt, max_tokens=max_tokens,
                                                 temperature=0, extra_body=extra)
-            return i < constrained, r.usage.completion_tokens, time.perf_counter() - t
+            return json_row, r.usage.completion_tokens, time.perf_counter() - t
 
     t0 = time.perf_counter()
     per_request = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
@@ -136,14 +137,14 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     rows = []
     try:
-        asyncio.run(run_clients(base, ["warm up"] * 2, 2, 4))
+        asyncio.run(run_clients(base, ["warm up"] * 2, 2, 4, constrained=True))
         run_api(runtime, tok, ["warm up"] * 2, 2, 4)
         for level in map(int, args.levels.split(",")):
             prompts = [f"数据 模型 request {i} hello world" for i in range(max(4, 2 * level))]
             s_time, s_tokens, _ = asyncio.run(run_clients(base, prompts, level, args.max_tokens))
             a_time, a_tokens = run_api(runtime, tok, prompts, level, args.max_tokens)
             m_time, m_tokens, mixed = asyncio.run(run_clients(base, prompts, level, args.max_tokens,
-                                                              constrained=len(prompts) // 2))
+                                                              constrained=True))
             rows.append({"concurrency": level, "requests": len(prompts),
                          "server_req_per_s": len(prompts) / s_time, "server_tok_per_s": s_tokens / s_time,
                          "api_tok_per_s": a_tokens / a_time,
