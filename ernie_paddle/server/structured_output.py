@@ -1,9 +1,11 @@
 """Constrained decoding with llguidance: the tokenizer's vocabulary as the engine reads it, grammars compiled
 against it, and a per-row constraint that masks one logits row and follows the tokens chosen from it.
 
-llguidance was picked over outlines-core (and xgrammar, which pulls triton) by the per-token cost measured
-with ``scripts/bench_grammar_engines.py``: it computes a mask lazily from a token trie instead of building a
-full automaton index up front, so a new JSON schema costs milliseconds rather than seconds.
+llguidance was picked over outlines-core (xgrammar pulls triton) with ``scripts/bench_grammar_engines.py``:
+per-token cost is of the same order (tens of microseconds on the demo vocabularies), but llguidance compiles
+a new JSON schema in about a millisecond where outlines-core builds a regex index that grows with the
+vocabulary (15 ms at 1k tokens, 56 ms at 7k), and only llguidance takes context-free grammars (Lark/GBNF,
+and the forced tool call's ``%json`` inside fixed text).
 """
 
 from __future__ import annotations
