@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Server throughput at concurrency 1, 8 and 32 against the Python API on the same prompts (ratio).
+"""Server throughput at concurrency 1, 8 and 32 against the Python API on the same prompts (ratio), and
+with constrained decoding: half of the requests of each level under a JSON schema, the other half plain, in
+the same run (per-request tok/s of each half).
 
 Usage: python scripts/bench_server.py [--model DIR] [--small] [--max-tokens 32] [--json]
 
@@ -64,23 +66,42 @@ def start_server(model: Path, port: int, data_dir: Path) -> subprocess.Popen:
     raise SystemExit("server did not start")
 
 
-async def run_clients(base: str, prompts: list[str], concurrency: int, max_tokens: int) -> tuple[float, int]:
+def long_json(max_tokens: int) -> dict:
+    """A response_format whose string cannot end within ``max_tokens``: every constrained request makes
+    exactly ``max_tokens`` tokens, like the plain ones under ``ignore_eos``."""
+    schema = {"type": "object", "required": ["text"], "additionalProperties": False,
+              "properties": {"text": {"type": "string", "minLength": 8 * max_tokens}}}
+    return {"type": "json_schema", "json_schema": {"name": "bench", "schema": schema}}
+
+
+async def run_clients(base: str, prompts: list[str], concurrency: int, max_tokens: int,
+                      constrained: bool = False) -> tuple[float, int, list[tuple[bool, int, float]]]:
+    """Wall time, total tokens and (constrained, tokens, seconds) per request; with ``constrained`` every
+    other prompt goes with a JSON schema."""
     import openai
 
     client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=600)
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(prompt):
+    async def one(i, prompt):
+        json_row = constrained and i % 2 == 1
+        extra = {"response_format": long_json(max_tokens)} if json_row else {"ignore_eos": True}
         async with gate:
+            t = time.perf_counter()
             r = await client.completions.create(model="bench", prompt=prompt, max_tokens=max_tokens,
-                                                temperature=0, extra_body={"ignore_eos": True})
-            return r.usage.completion_tokens
+                                                temperature=0, extra_body=extra)
+            return json_row, r.usage.completion_tokens, time.perf_counter() - t
 
     t0 = time.perf_counter()
-    tokens = sum(await asyncio.gather(*(one(p) for p in prompts)))
+    per_request = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
     elapsed = time.perf_counter() - t0
     await client.close()
-    return elapsed, tokens
+    return elapsed, sum(n for _, n, _ in per_request), per_request
+
+
+def per_request_rate(results, constrained: bool) -> float:
+    rates = [n / s for c, n, s in results if c == constrained]
+    return float(np.mean(rates)) if rates else float("nan")
 
 
 def run_api(runtime, tok, prompts: list[str], batch: int, max_tokens: int) -> tuple[float, int]:
@@ -116,16 +137,21 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     rows = []
     try:
-        asyncio.run(run_clients(base, ["warm up"] * 2, 2, 4))
+        asyncio.run(run_clients(base, ["warm up"] * 2, 2, 4, constrained=True))
         run_api(runtime, tok, ["warm up"] * 2, 2, 4)
         for level in map(int, args.levels.split(",")):
             prompts = [f"数据 模型 request {i} hello world" for i in range(max(4, 2 * level))]
-            s_time, s_tokens = asyncio.run(run_clients(base, prompts, level, args.max_tokens))
+            s_time, s_tokens, _ = asyncio.run(run_clients(base, prompts, level, args.max_tokens))
             a_time, a_tokens = run_api(runtime, tok, prompts, level, args.max_tokens)
+            m_time, m_tokens, mixed = asyncio.run(run_clients(base, prompts, level, args.max_tokens,
+                                                              constrained=True))
             rows.append({"concurrency": level, "requests": len(prompts),
                          "server_req_per_s": len(prompts) / s_time, "server_tok_per_s": s_tokens / s_time,
                          "api_tok_per_s": a_tokens / a_time,
-                         "ratio_server_over_api": (s_tokens / s_time) / (a_tokens / a_time)})
+                         "ratio_server_over_api": (s_tokens / s_time) / (a_tokens / a_time),
+                         "mixed_tok_per_s": m_tokens / m_time,
+                         "mixed_plain_req_tok_per_s": per_request_rate(mixed, False),
+                         "mixed_json_req_tok_per_s": per_request_rate(mixed, True)})
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -133,10 +159,13 @@ def main() -> None:
         print(json.dumps({"model": str(model), "max_tokens": args.max_tokens, "levels": rows}, indent=2))
         return
     print(f"model {model}  max_tokens {args.max_tokens}")
-    print(f"{'conc':>5} {'reqs':>5} {'server req/s':>13} {'server tok/s':>13} {'api tok/s':>10} {'ratio':>6}")
+    print(f"{'conc':>5} {'reqs':>5} {'server req/s':>13} {'server tok/s':>13} {'api tok/s':>10} {'ratio':>6} "
+          f"{'mixed tok/s':>12} {'plain/req':>10} {'json/req':>9}")
     for r in rows:
         print(f"{r['concurrency']:>5} {r['requests']:>5} {r['server_req_per_s']:>13.2f} "
-              f"{r['server_tok_per_s']:>13.1f} {r['api_tok_per_s']:>10.1f} {r['ratio_server_over_api']:>6.2f}")
+              f"{r['server_tok_per_s']:>13.1f} {r['api_tok_per_s']:>10.1f} {r['ratio_server_over_api']:>6.2f} "
+              f"{r['mixed_tok_per_s']:>12.1f} {r['mixed_plain_req_tok_per_s']:>10.1f} "
+              f"{r['mixed_json_req_tok_per_s']:>9.1f}")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,32 @@ class ChatMessage(_Body):
                 else {"type": "image_url", "image_url": {"url": p.image_url.url}} for p in self.content]
 
 
+class JsonSchemaSpec(_Body):
+    """``response_format.json_schema``: the schema is always enforced (``strict`` is accepted as given)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: StrictStr
+    description: StrictStr | None = None
+    schema_: dict | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+
+class StructuredOutputs(_Body):
+    """vLLM-style output constraint: a JSON schema, a regex, a Lark/GBNF grammar or a list of choices
+    (``guided_json`` etc. on the request are the older spelling of the same)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    json_: dict | StrictStr | None = Field(default=None, alias="json")
+    regex: StrictStr | None = None
+    grammar: StrictStr | None = None
+    choice: list[StrictStr] | None = None
+
+
 class _Sampling(_Body):
     """Fields shared by chat and completions, plus vLLM/FastDeploy-style ``top_k``, ``min_p``,
     ``repetition_penalty``, ``min_tokens``, ``ignore_eos`` and ``return_token_ids`` (each choice then carries
@@ -95,6 +121,12 @@ class _Sampling(_Body):
     ignore_eos: StrictBool = False
     return_token_ids: StrictBool = False
     user: StrictStr | None = None
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict | StrictStr | None = None
+    guided_regex: StrictStr | None = None
+    guided_grammar: StrictStr | None = None
+    guided_choice: list[StrictStr] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -114,6 +146,8 @@ class ChatRequest(_Sampling):
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
+    tools: list[dict] | None = None
+    tool_choice: StrictStr | dict | None = None
 
 
 class CompletionRequest(_Sampling):

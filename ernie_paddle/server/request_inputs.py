@@ -8,6 +8,7 @@ from ernie_paddle.runtime.generation import Options, penalties_in_use
 from ernie_paddle.server.api_errors import APIError
 from ernie_paddle.server.images import refuse_images, vl_chat_inputs
 from ernie_paddle.server.sampling import SamplingParams
+from ernie_paddle.server.structured_request import request_grammar, row_constraint
 
 
 def check_model(state, name: str) -> None:
@@ -106,7 +107,8 @@ def sampling_params(state, req, max_tokens: int, logprobs: int | None, index: in
         frequency_penalty=_value(req, d, "frequency_penalty", 0.0),
         presence_penalty=_value(req, d, "presence_penalty", 0.0), logit_bias=_logit_bias(state, req),
         seed=None if seed is None else seed + index, min_tokens=min(getattr(req, "min_tokens", 0), max_tokens),
-        logprobs=logprobs, stop_token_ids=() if getattr(req, "ignore_eos", False) else state.stop_token_ids)
+        logprobs=logprobs, stop_token_ids=() if getattr(req, "ignore_eos", False) else state.stop_token_ids,
+        constraint=row_constraint(state, req, request_grammar(req)))
     if state.settings.speculative:
         refused = penalties_in_use(Options(**params.controls()))
         if refused:

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from ernie_paddle.runtime.generation import Options, TokenHistory, choose_next
+
+
+class Constraint(Protocol):
+    """A per-row output constraint (``server.structured_output.TokenConstraint``): masks, then follows."""
+
+    def apply(self, row: np.ndarray) -> np.ndarray: ...
+
+    def accept(self, token: int) -> None: ...
 
 
 @dataclass
@@ -26,6 +35,7 @@ class SamplingParams:
     min_tokens: int = 0
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token plus k alternatives
+    constraint: Constraint | None = None  # structured output: only tokens its grammar allows
 
     def controls(self) -> dict:
         """The logit controls as ``generation.Options`` fields (for the runtime's own ``stream``)."""
@@ -62,14 +72,18 @@ class RowSampler:
         self.rng = np.random.default_rng(None if params.seed is None else params.seed % 2**64)
         self.history = [TokenHistory(prompt if params.repetition_penalty != 1.0 else ())]
         self.step = 0
-        self.plain_greedy = params.temperature <= 0 and params.logprobs is None and not params.adjusts_logits
+        self.plain_greedy = (params.temperature <= 0 and params.logprobs is None and not params.adjusts_logits
+                             and params.constraint is None)
 
     def __call__(self, logits: np.ndarray) -> TokenChoice:
         row = logits[None, :]
         if self.vocab_limit is not None and row.shape[-1] > self.vocab_limit:
             row = row.copy()
             row[:, self.vocab_limit:] = -np.inf  # padded embedding rows are not tokens
-        token = int(choose_next(row, self.opts, self.rng, self.history, self.step)[0])
+        allowed = row if self.params.constraint is None else self.params.constraint.apply(row[0])[None, :]
+        token = int(choose_next(allowed, self.opts, self.rng, self.history, self.step)[0])
+        if self.params.constraint is not None:
+            self.params.constraint.accept(token)
         self.step += 1
         self.history[0].add(token)
         if self.params.logprobs is None:
