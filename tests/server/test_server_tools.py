@@ -116,3 +116,17 @@ def test_bad_tool_requests_are_400_naming_the_field(thinking_server, body, field
                    json={"model": MODEL_NAME, "messages": demo.GREETING, "max_tokens": 2, **body})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == field
+
+
+def test_demo_step_prints_the_parsed_answers(thinking_dir, tmp_path):
+    import shutil
+
+    from ernie_paddle.devkit.demo import DemoContext, step_thinking
+
+    shutil.copytree(thinking_dir, tmp_path / "thinking-hf")  # same fingerprint: reused, not retrained
+    lines = []
+    step_thinking(DemoContext(tmp_path), lines.append)
+    text = "\n".join(lines)
+    for want in (f"reasoning: {demo.CALL_REASONING}", f"tool call: get_weather({json.dumps(demo.CALL['arguments'])})",
+                 f"reasoning: {demo.ANSWER_REASONING}", f"content: {demo.ANSWER}", f"content: {demo.GREET_ANSWER}"):
+        assert want in text, text
