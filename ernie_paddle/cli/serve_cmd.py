@@ -34,11 +34,17 @@ COMMANDS = []
 @click.option("--image-dir", type=click.Path(exists=True, file_okay=False, path_type=str), default=None,
               help="VL models: image_url parts may name local files under this folder (otherwise only "
                    "data: URLs are accepted).")
+@click.option("--reasoning-parser", type=click.Choice(["auto", "ernie", "none"]), default="auto",
+              show_default=True,
+              help="Split chat output into reasoning_content, content and tool_calls (ERNIE </think>, "
+                   "<response>, <tool_call>). auto: with an ERNIE thinking/tool chat template, or when a "
+                   "request sends tools or turns thinking on.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @tp_options
 def serve(model, host, port, api_keys_file, admin_keys_file, data_dir, model_name, max_batch, max_tokens_limit,
-          device, threads, log_level, engine, speculative, num_draft, image_dir, tp, moe_parallel, nnodes, master):
+          device, threads, log_level, engine, speculative, num_draft, image_dir, reasoning_parser, tp, moe_parallel,
+          nnodes, master):
     """Serve MODEL at /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics.
 
     An ERNIE 4.5 VL model takes image_url content parts (data: URLs, or local files under --image-dir;
@@ -60,7 +66,8 @@ def serve(model, host, port, api_keys_file, admin_keys_file, data_dir, model_nam
     settings = Settings(model_path=model, model_name=model_name, max_tokens_limit=max_tokens_limit,
                         max_batch=max_batch, data_dir=data_dir, api_keys_file=api_keys_file,
                         admin_keys_file=admin_keys_file, device=device, num_threads=threads,
-                        engine=engine, speculative=speculative, num_draft=num_draft, image_dir=image_dir)
+                        engine=engine, speculative=speculative, num_draft=num_draft, image_dir=image_dir,
+                        reasoning_parser=reasoning_parser)
     if run_distributed(tp, nnodes, master):
         from ernie_paddle.server.tp import serve_tp
 

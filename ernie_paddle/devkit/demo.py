@@ -95,7 +95,32 @@ def step_parity(ctx: DemoContext, echo) -> None:
             raise RuntimeError(f"parity failed for the {kind} demo model: {r['failures']}")
 
 
-STEPS = [step_make, step_convert, step_inspect, step_generate, step_parity]
+def step_thinking(ctx: DemoContext, echo) -> None:
+    """The trained Thinking demo model: its greedy answers parsed into reasoning, content and a tool call."""
+    from ernie_paddle.api import load
+    from ernie_paddle.devkit.thinking_demo import DEMO_CHATS, make_thinking_demo
+    from ernie_paddle.server.reasoning import parse_output, starts_in_reasoning
+    from ernie_paddle.tokenizer.ernie_tokenizer import ErnieTokenizer
+
+    folder = make_thinking_demo(ctx.cache / "thinking-hf")
+    ctx.folders["thinking-hf"] = folder
+    runtime, tok = load(folder), ErnieTokenizer.from_folder(folder)
+    echo(f"thinking  {folder}  (trained to answer its chats; serve it with: ernie-paddle serve {folder})")
+    for messages, tools, _ in DEMO_CHATS:
+        prompt = tok.apply_chat_template(messages, tools=tools)
+        ids = np.array([tok.encode(prompt, add_special_tokens=False)], dtype=np.int64)
+        out = runtime.generate(ids, max_new_tokens=160, stop_token_ids=tok.stop_token_ids)[0, ids.shape[1]:]
+        got = parse_output(tok.decode(out.tolist(), skip_special_tokens=True), starts_in_reasoning(prompt))
+        last = messages[-1]
+        echo(f"  {last['role']:>9}: {last['content']}" + ("   (tools: get_weather)" if tools else ""))
+        echo(f"  reasoning: {got.reasoning}")
+        for call in got.tool_calls:
+            echo(f"  tool call: {call['function']['name']}({call['function']['arguments']})")
+        if got.content:
+            echo(f"    content: {got.content}")
+
+
+STEPS = [step_make, step_convert, step_inspect, step_generate, step_parity, step_thinking]
 
 
 def run_demo(cache: Path | None = None, echo=print, quiet: bool = True) -> DemoContext:

@@ -33,7 +33,7 @@ def check_local_path(url: str, image_dir: str | None) -> None:
                        "image_url_not_allowed")
 
 
-def vl_chat_inputs(state, req):
+def vl_chat_inputs(state, req, template_vars: dict | None = None):
     """The request's messages (text and image parts) as the VL runtime's tokenized inputs with pixels."""
     if any(u.lower().startswith(("http://", "https://")) for u in image_urls(req)):
         raise APIError(400, "images are not fetched from the network; send a data: URL or a local file path",
@@ -42,7 +42,7 @@ def vl_chat_inputs(state, req):
         check_local_path(url, state.settings.image_dir)
     messages = [{"role": m.role, "content": m.parts()} for m in req.messages]
     try:
-        return state.runtime.inputs(messages=messages)
+        return state.runtime.inputs(messages=messages, **(template_vars or {}))
     except ErnieError as exc:
         raise APIError(400, str(exc), "messages", "invalid_image") from exc
 

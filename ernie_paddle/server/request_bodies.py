@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 from pydantic_core import PydanticCustomError
@@ -49,10 +49,49 @@ class ImagePart(_Body):
     image_url: ImageURL
 
 
+class FunctionCall(_Body):
+    name: StrictStr
+    arguments: StrictStr = ""  # a JSON object as text, as OpenAI sends it
+
+
+class ToolCall(_Body):
+    """An assistant message's earlier tool call (history)."""
+
+    id: StrictStr | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDef(_Body):
+    name: StrictStr = Field(min_length=1)
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class Tool(_Body):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Body):
+    name: StrictStr
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatMessage(_Body):
+    """A chat turn: ``system``, ``user``, ``assistant`` (maybe with ``tool_calls``) or ``tool`` (with
+    ``tool_call_id``)."""
+
     role: StrictStr
     content: StrictStr | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]] | None = None
     name: StrictStr | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: StrictStr | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -142,12 +181,16 @@ class _Sampling(_Body):
 
 
 class ChatRequest(_Sampling):
+    """``tools`` and ``chat_template_kwargs`` go to the chat template; ``tool_choice`` "none"/"auto" are
+    honoured by the template and output parser ("required" or a named function need constrained decoding)."""
+
     messages: list[ChatMessage]
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
-    tools: list[dict] | None = None
-    tool_choice: StrictStr | dict | None = None
 
 
 class CompletionRequest(_Sampling):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.runtime.generation import Options, penalties_in_use
 from ernie_paddle.server.api_errors import APIError
+from ernie_paddle.server.chat_tools import check_tool_choice, template_messages, template_variables
 from ernie_paddle.server.images import refuse_images, vl_chat_inputs
 from ernie_paddle.server.sampling import SamplingParams
 from ernie_paddle.server.structured_request import request_grammar, row_constraint
@@ -18,15 +19,18 @@ def check_model(state, name: str) -> None:
 
 
 def chat_prompt(state, req):
-    """Prompt ids; for a VL model, the VL runtime's inputs (ids plus pixels of the image parts)."""
+    """Prompt ids; for a VL model, the VL runtime's inputs (ids plus pixels of the image parts). Tools and
+    ``chat_template_kwargs`` are passed to the template."""
     if not req.messages:
         raise APIError(400, "'messages' must hold at least one message", "messages", "empty_messages")
+    check_tool_choice(req)
+    variables = template_variables(req)
     if state.is_vl:
-        return vl_chat_inputs(state, req)
+        return vl_chat_inputs(state, req, variables)
     refuse_images(state, req)
-    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
     try:
-        return state.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return state.tokenizer.apply_chat_template(template_messages(req), add_generation_prompt=True,
+                                                   tokenize=True, **variables)
     except ErnieError as exc:
         raise APIError(400, str(exc), "messages") from exc
 

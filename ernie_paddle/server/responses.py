@@ -7,6 +7,8 @@ import re
 import time
 import uuid
 
+from ernie_paddle.server.reasoning import parse_output
+
 _BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
@@ -63,9 +65,11 @@ class ChatFormat:
 
     object_name, chunk_name, id_prefix = "chat.completion", "chat.completion.chunk", "chatcmpl"
 
-    def __init__(self, model: str, tokenizer, logprobs: bool, token_ids: bool = False):
+    def __init__(self, model: str, tokenizer, logprobs: bool, token_ids: bool = False, parsing=None):
         self.id, self.created, self.model = new_id(self.id_prefix), int(time.time()), model
         self.tokenizer, self.logprobs, self.cache, self.token_ids = tokenizer, logprobs, {}, token_ids
+        self.parsing = parsing  # chat_tools.ParseOptions: split reasoning/content/tool calls; None: plain text
+        self.parsers: dict = {}
 
     def _ids(self, choice: dict, tokens) -> dict:
         if self.token_ids:
@@ -81,20 +85,53 @@ class ChatFormat:
                              "finish_reason": None}]}
 
     def chunk(self, d) -> dict:
-        delta = {"content": d.text} if d.text or not d.finish_reason else {}
+        finish = d.finish_reason
+        if self.parsing is None:
+            delta = {"content": d.text} if d.text or not finish else {}
+        else:
+            parser = self.parsers.setdefault(d.index, self.parsing.parser())
+            got = parser.feed(d.text) + parser.finish() if finish else parser.feed(d.text)
+            delta = parsed_delta(got)
+            delta = delta or ({} if finish else {"content": ""})
+            finish = "tool_calls" if finish == "stop" and parser.calls else finish
         lp = chat_logprobs(self.tokenizer, d.tokens, self.cache) if self.logprobs and d.tokens else None
-        choice = {"index": d.index, "delta": delta, "logprobs": lp, "finish_reason": d.finish_reason}
+        choice = {"index": d.index, "delta": delta, "logprobs": lp, "finish_reason": finish}
         return {**self._head(self.chunk_name), "choices": [self._ids(choice, d.tokens)]}
 
     def usage_chunk(self, usage: dict) -> dict:
         return {**self._head(self.chunk_name), "choices": [], "usage": usage}
 
+    def _message(self, r: dict) -> tuple[dict, str | None]:
+        if self.parsing is None:
+            return {"role": "assistant", "content": r["text"]}, r["finish_reason"]
+        got = parse_output(r["text"], self.parsing.reasoning, self.parsing.tools)
+        message = {"role": "assistant", "content": got.content or (None if got.tool_calls else ""),
+                   "reasoning_content": got.reasoning or None}
+        if got.tool_calls:
+            message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in got.tool_calls]
+        finish = "tool_calls" if got.tool_calls and r["finish_reason"] == "stop" else r["finish_reason"]
+        return message, finish
+
     def body(self, results: list[dict], usage: dict) -> dict:
-        choices = [self._ids({"index": r["index"], "message": {"role": "assistant", "content": r["text"]},
-                              "logprobs": chat_logprobs(self.tokenizer, r["tokens"], self.cache)
-                              if self.logprobs else None, "finish_reason": r["finish_reason"]}, r["tokens"])
-                   for r in results]
+        choices = []
+        for r in results:
+            message, finish = self._message(r)
+            lp = chat_logprobs(self.tokenizer, r["tokens"], self.cache) if self.logprobs else None
+            choices.append(self._ids({"index": r["index"], "message": message, "logprobs": lp,
+                                      "finish_reason": finish}, r["tokens"]))
         return {**self._head(self.object_name), "choices": choices, "usage": usage}
+
+
+def parsed_delta(got) -> dict:
+    """A chunk's delta from parsed output: ``reasoning_content``, ``content``, ``tool_calls`` when present."""
+    delta = {}
+    if got.reasoning:
+        delta["reasoning_content"] = got.reasoning
+    if got.content:
+        delta["content"] = got.content
+    if got.tool_calls:
+        delta["tool_calls"] = got.tool_calls
+    return delta
 
 
 class CompletionFormat(ChatFormat):

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ernie_paddle.server.api_errors import APIError
 from ernie_paddle.server.auth import admin, caller, key_only
+from ernie_paddle.server.chat_tools import parse_options
 from ernie_paddle.server.delta_streams import Tally, fan_in, run_choice
 from ernie_paddle.server.images import prompt_length
 from ernie_paddle.server.metrics import CONTENT_TYPE
@@ -89,7 +90,8 @@ async def chat_completions(req: ChatRequest, request: Request, kid: str = Depend
     max_tokens = token_budget(state, prompt_len, req.max_completion_tokens or req.max_tokens, "messages")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     jobs = [(i, prompt, sampling_params(state, req, max_tokens, logprobs, i)) for i in range(req.n)]
-    fmt = ChatFormat(state.settings.model_name, state.tokenizer, req.logprobs, req.return_token_ids)
+    fmt = ChatFormat(state.settings.model_name, state.tokenizer, req.logprobs, req.return_token_ids,
+                     parse_options(state, req, prompt))
     return await _respond(state, kid, fmt, jobs, prompt_len, req)
 
 

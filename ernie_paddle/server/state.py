@@ -35,6 +35,7 @@ class Settings:
     speculative: str | None = None  # "mtp": draft with the MTP layer, one sequence at a time
     num_draft: int = 1
     image_dir: str | None = None  # local image paths must lie under it; None refuses local paths
+    reasoning_parser: str = "auto"  # "auto", "ernie" or "none" (see ernie_paddle.server.chat_tools)
 
     def __post_init__(self):
         self.model_name = self.model_name or Path(self.model_path).resolve().name

@@ -37,6 +37,8 @@ def forced_tool_grammar(tools: list[dict] | None, tool_choice) -> Grammar | None
     tools) or ``{"type": "function", "function": {"name": ...}}`` (that one); None for "auto"/"none"."""
     if tool_choice is None or tool_choice in ("auto", "none"):
         return None
+    tools = [t.model_dump() if hasattr(t, "model_dump") else t for t in tools or []]
+    tool_choice = tool_choice.model_dump() if hasattr(tool_choice, "model_dump") else tool_choice
     functions = [t.get("function") for t in tools or [] if isinstance(t, dict) and t.get("type") == "function"]
     functions = [f for f in functions if isinstance(f, dict) and isinstance(f.get("name"), str)]
     if not functions:

@@ -7,7 +7,9 @@ from ernie_paddle.errors import ErnieError
 from ernie_paddle.tokenizer.backends import AddedToken, HFJsonBackend, SpmBackend
 from ernie_paddle.tokenizer.chat_template import CHAT_TEMPLATE, render_chat
 from ernie_paddle.tokenizer.detokenizer import IncrementalDetokenizer
+from ernie_paddle.tokenizer.thinking_template import BUILTIN_TEMPLATES, THINKING_CHAT_TEMPLATE
 
+END_OF_TURN = "<|im_end|>"  # the Thinking family's end of a turn
 SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 __all__ = ["ErnieTokenizer", "IncrementalDetokenizer"]
@@ -94,7 +96,10 @@ class ErnieTokenizer:
         else:
             raise ErnieError("no tokenizer.model (or tokenizer.json) in the checkpoint folder; copy it from the "
                              "model release", folder / "tokenizer.model")
-        tok = cls(backend, specials, _chat_template(folder, config), bool(config.get("add_bos_token", False)),
+        template = _chat_template(folder, config)
+        if template is None and any(t.content == END_OF_TURN for t in added):  # a Thinking-family vocabulary
+            template = THINKING_CHAT_TEMPLATE
+        tok = cls(backend, specials, template, bool(config.get("add_bos_token", False)),
                   bool(config.get("add_eos_token", False)), folder)
         # A tokenizer.json without explicit flags in the config adds bos/eos through its own post-processor.
         tok._post_process = isinstance(backend, HFJsonBackend) and not (
@@ -130,8 +135,9 @@ class ErnieTokenizer:
 
     @property
     def stop_token_ids(self) -> list[int]:
-        """Ids that end a generation: eos, and sep (the chat template's end-of-turn token)."""
-        ids = [self.eos_token_id, self.sep_token_id]
+        """Ids that end a generation: eos, sep and ``<|im_end|>`` (the chat templates' end-of-turn tokens)."""
+        end_of_turn = next((i for i, t in self.backend.added_by_id.items() if t.content == END_OF_TURN), None)
+        ids = [self.eos_token_id, self.sep_token_id, end_of_turn]
         return sorted({i for i in ids if i is not None})
 
     # -- text <-> ids --------------------------------------------------------------------------------------
@@ -167,7 +173,8 @@ class ErnieTokenizer:
 
 
 def _chat_template(folder: Path, config: dict) -> str | None:
-    """chat_template.jinja wins over the config entry (as in transformers), then chat_template.json."""
+    """chat_template.jinja wins over the config entry (as in transformers), then chat_template.json; an entry
+    that names a built-in template (``"ernie-4.5-thinking"``) stands for that template."""
     jinja_file = folder / "chat_template.jinja"
     if jinja_file.exists():
         try:
@@ -182,4 +189,4 @@ def _chat_template(folder: Path, config: dict) -> str | None:
         template = (_read_json(folder, "chat_template.json", dict) or {}).get("chat_template")
     if template is not None and not isinstance(template, str):
         raise ErnieError("'chat_template' must be a string", folder / "tokenizer_config.json")
-    return template
+    return BUILTIN_TEMPLATES.get(template, template)

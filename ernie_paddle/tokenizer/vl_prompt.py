@@ -17,7 +17,8 @@ from ernie_paddle.errors import ErnieError
 from ernie_paddle.tokenizer.image_preprocess import ImageOptions, preprocess_images
 
 # Release format (spec 4.8): "User: ...\n", "Assistant: ...<|end_of_sentence|>", "Picture n:" before each
-# image; the generation prompt closes an empty think block unless enable_thinking is true.
+# image; the generation prompt closes an empty think block unless enable_thinking is true (VL-Thinking style:
+# options.thinking_mode "open").
 VL_CHAT_TEMPLATE = (
     "{%- set pictures = namespace(n=0) -%}{%- set videos = namespace(n=0) -%}\n"
     "{{- cls_token if cls_token is defined else '<|begin_of_sentence|>' -}}\n"
@@ -35,7 +36,8 @@ VL_CHAT_TEMPLATE = (
     "{%- if message.role == 'assistant' -%}{{- '<|end_of_sentence|>' -}}{%- else -%}{{- '\\n' -}}{%- endif -%}\n"
     "{%- endfor -%}\n"
     "{%- if add_generation_prompt -%}{{- 'Assistant: ' -}}\n"
-    "{%- if enable_thinking is defined and enable_thinking -%}{{- '<think>' -}}"
+    "{%- if (enable_thinking is defined and enable_thinking) or (options is defined and options.thinking_mode "
+    "in [true, 'open', 'on']) -%}{{- '<think>' -}}"
     "{%- else -%}{{- '<think>\\n\\n</think>\\n\\n' -}}{%- endif -%}{%- endif -%}"
 )
 IMAGE_PART_TYPES = ("image", "image_url")
