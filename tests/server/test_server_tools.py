@@ -104,7 +104,7 @@ def test_template_kwargs_and_tool_choice_none_reach_the_prompt(tclient, tok):
 
 @pytest.mark.parametrize("body, field", [
     ({"chat_template_kwargs": {"messages": []}}, "chat_template_kwargs"),
-    ({"tool_choice": "required", "tools": [demo.WEATHER_TOOL]}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "nope"}}, "tools": [demo.WEATHER_TOOL]}, "tool_choice"),
     ({"tool_choice": "auto"}, "tool_choice"),
     ({"messages": [*demo.QUESTION, {"role": "assistant", "content": None, "tool_calls": [
         {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{oops"}}]}]},
@@ -116,6 +116,23 @@ def test_bad_tool_requests_are_400_naming_the_field(thinking_server, body, field
                    json={"model": MODEL_NAME, "messages": demo.GREETING, "max_tokens": 2, **body})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == field
+
+
+def test_required_tool_choice_forces_a_parsed_call(thinking_server):
+    """The greeting would be answered in text; "required" forces a call, which the parser returns."""
+    unit_tool = {"type": "function", "function": {"name": "set_unit", "parameters": {
+        "type": "object", "properties": {"unit": {"enum": ["c", "f"]}}, "required": ["unit"],
+        "additionalProperties": False}}}
+    r = httpx.post(thinking_server.base + "/v1/chat/completions",
+                   headers={"Authorization": f"Bearer {USER_KEYS[0]}"},
+                   json={"model": MODEL_NAME, "messages": demo.GREETING, "max_tokens": 96, "temperature": 0,
+                         "tools": [unit_tool], "tool_choice": "required",
+                         "chat_template_kwargs": {"enable_thinking": False}})
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    call = choice["message"]["tool_calls"][0]["function"]
+    assert call["name"] == "set_unit" and json.loads(call["arguments"])["unit"] in ("c", "f")
 
 
 def test_demo_step_prints_the_parsed_answers(thinking_dir, tmp_path):
