@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 
 from ernie_paddle.server.api_errors import install_error_handlers
 from ernie_paddle.server.routes import router
+from ernie_paddle.server.routes_tokens import router as token_router
 from ernie_paddle.server.state import ServerState, Settings
 
 
@@ -32,6 +33,7 @@ def create_app(settings: Settings, runtime=None, tokenizer=None, background_load
     app.state.server = state
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(token_router)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
