@@ -76,6 +76,10 @@ class Scheduler:
         self._stop.set()
         if self._thread.is_alive():  # not yet started when the app stops during startup
             self._thread.join(timeout=10)
+        while not self._calls.empty():  # nobody will run them any more
+            _, future = self._calls.get_nowait()
+            if future.set_running_or_notify_cancel():
+                future.set_exception(RuntimeError("the server is stopping"))
 
     def submit(self, seq: Sequence) -> None:
         self._waiting.put(seq)
