@@ -63,7 +63,9 @@ def test_32_concurrent_streams_get_the_right_tokens(server, api, reference):
 def test_random_join_leave_stress_equals_single_request_outputs(server, api):
     """220 streams with varied prompt and output lengths join and leave a running batch at random times (at
     most 40 in flight); one in six disconnects mid-stream. Every finished stream equals its single-request
-    greedy output, and what a disconnected one received is a prefix of it."""
+    greedy output, and what a disconnected one received is a prefix of it; every fourth stream asks for
+    logprobs, which equal the teacher-forced ones of the single-request model (so a batching error shows even
+    where it does not flip a token)."""
     runtime, tok = api
     rng = np.random.default_rng(18)
     vocab = len(tok)
@@ -75,38 +77,45 @@ def test_random_join_leave_stress_equals_single_request_outputs(server, api):
     want = [runtime.generate(np.array([ids], dtype=np.int64), max_new_tokens=n,
                              stop_token_ids=[])[0, len(ids):].tolist() for ids, n, _, _ in jobs]
 
-    async def one(client, gate, ids, n, leave_after, delay):
+    async def one(client, gate, k, ids, n, leave_after, delay):
         await asyncio.sleep(delay)
         async with gate:
-            got = []
+            got, logprobs = [], []
             stream = await client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=n, temperature=0,
-                                                     stream=True, extra_body={"ignore_eos": True,
-                                                                              "return_token_ids": True})
+                                                     stream=True, logprobs=0 if k % 4 == 3 else None,
+                                                     extra_body={"ignore_eos": True, "return_token_ids": True})
             async for chunk in stream:
                 got += [i for c in chunk.choices for i in (c.model_extra or {}).get("token_ids", [])]
+                logprobs += [x for c in chunk.choices if c.logprobs for x in c.logprobs.token_logprobs]
                 if leave_after is not None and len(got) >= leave_after:
                     await stream.close()  # the client disconnects mid-stream
-                    return got, False
-            return got, True
+                    return got, False, logprobs
+            return got, True, logprobs
 
     async def main():
         client = openai.AsyncOpenAI(base_url=server.base + "/v1", api_key=USER_KEYS[1], max_retries=0,
                                     timeout=120)
         gate = asyncio.Semaphore(40)
         try:
-            return await asyncio.wait_for(asyncio.gather(*(one(client, gate, *job) for job in jobs)), 300)
+            return await asyncio.wait_for(asyncio.gather(*(one(client, gate, k, *job)
+                                                           for k, job in enumerate(jobs))), 300)
         finally:
             await client.close()
 
     results = asyncio.run(main())
-    finished = 0
-    for (ids, *_), (got, complete), ref in zip(jobs, results, want):
+    finished = scored = 0
+    for (ids, *_), (got, complete, logprobs), ref in zip(jobs, results, want):
         if complete:
             finished += 1
             assert got == ref, (ids, got, ref)
         else:
             assert got == ref[:len(got)] and got, (ids, got, ref)
-    assert finished >= 180
+        if logprobs:
+            x = runtime.logits(np.array([ids + got], dtype=np.int64))[0, len(ids) - 1:-1].astype(np.float64)
+            lse = x.max(-1) + np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1))
+            assert np.abs(np.array(logprobs) - (x[np.arange(len(got)), got] - lse)).max() <= 1e-4
+            scored += 1
+    assert finished >= 180 and scored >= 40
     deadline = time.time() + 10
     while _metric(server.base, "ernie_running_sequences") > 0 and time.time() < deadline:
         time.sleep(0.05)
