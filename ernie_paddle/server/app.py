@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from ernie_paddle.server.api_errors import install_error_handlers
 from ernie_paddle.server.routes import router
 from ernie_paddle.server.routes_generate import router as generate_router
+from ernie_paddle.server.routes_tokens import router as token_router
 from ernie_paddle.server.state import ServerState, Settings
 
 
@@ -34,6 +35,7 @@ def create_app(settings: Settings, runtime=None, tokenizer=None, background_load
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(generate_router)
+    app.include_router(token_router)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):

@@ -194,10 +194,15 @@ class ChatRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
+    """``echo`` repeats the prompt before the completion (with ``logprobs``: the prompt tokens' too, the first
+    one null); ``max_tokens: 0`` with ``echo`` only scores the prompt; ``prompt_logprobs`` (vLLM) gives each
+    prompt token's logprob and rank, with that many most likely tokens."""
+
     prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
-    max_tokens: StrictInt | None = Field(default=16, ge=1)
+    max_tokens: StrictInt | None = Field(default=16, ge=0)
     logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     echo: StrictBool = False
+    prompt_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
 
 
 class GenerateRequest(_Body):
@@ -213,3 +218,19 @@ class GenerateRequest(_Body):
 
     def stop_list(self) -> list[str]:
         return []
+
+
+class TokenizeRequest(_Body):
+    """vLLM's ``/tokenize`` body: a ``prompt`` or chat ``messages`` (rendered with the chat template)."""
+
+    model: StrictStr | None = None
+    prompt: StrictStr | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: StrictBool = True
+    add_generation_prompt: StrictBool = True
+    return_token_strs: StrictBool = False
+
+
+class DetokenizeRequest(_Body):
+    model: StrictStr | None = None
+    tokens: list[StrictInt]

@@ -47,10 +47,14 @@ def completion_prompts(state, req) -> list[list[int]]:
         prompts = [list(x) for x in p]
     if not prompts or not all(prompts):
         raise APIError(400, "'prompt' must not be empty", "prompt", "empty_prompt")
-    vocab = len(state.tokenizer)
-    if any(not 0 <= t < vocab for ids in prompts for t in ids):
-        raise APIError(400, f"prompt token ids must be in [0, {vocab})", "prompt")
+    check_token_ids(state, prompts, "prompt")
     return prompts
+
+
+def check_token_ids(state, rows: list[list[int]], param: str) -> None:
+    vocab = len(state.tokenizer)
+    if any(not 0 <= t < vocab for ids in rows for t in ids):
+        raise APIError(400, f"{param} token ids must be in [0, {vocab})", param)
 
 
 def token_budget(state, prompt_len: int, requested: int | None, param: str) -> int:

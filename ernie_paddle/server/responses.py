@@ -54,7 +54,8 @@ def completion_logprobs(tokenizer, tokens, cache: dict, offset: int = 0) -> dict
         text, _ = token_text(tokenizer, t.id, cache)
         out["tokens"].append(text)
         out["token_logprobs"].append(t.logprob)
-        out["top_logprobs"].append({token_text(tokenizer, i, cache)[0]: lp for i, lp in t.top or []})
+        out["top_logprobs"].append(None if t.logprob is None else  # an echoed prompt's first token
+                                   {token_text(tokenizer, i, cache)[0]: lp for i, lp in t.top or []})
         out["text_offset"].append(offset)
         offset += len(text)
     return out
@@ -135,28 +136,52 @@ def parsed_delta(got) -> dict:
 
 
 class CompletionFormat(ChatFormat):
-    """``text_completion`` bodies and chunks (legacy completions route)."""
+    """``text_completion`` bodies and chunks (legacy completions route).
+
+    ``echo`` maps a choice index to (prompt text, prompt TokenChoices): the choice then starts with the
+    prompt, its logprobs too; ``prompt_logprobs`` maps an index to vLLM's ``prompt_logprobs`` list.
+    """
 
     object_name, chunk_name, id_prefix = "text_completion", "text_completion", "cmpl"
 
-    def __init__(self, model: str, tokenizer, logprobs: bool, token_ids: bool = False):
+    def __init__(self, model: str, tokenizer, logprobs: bool, token_ids: bool = False,
+                 echo: dict | None = None, prompt_logprobs: dict | None = None):
         super().__init__(model, tokenizer, logprobs, token_ids)
         self.offsets: dict[int, int] = {}
+        self.echo, self.prompt_logprobs = echo or {}, prompt_logprobs or {}
 
-    def start_chunk(self, index: int) -> None:
-        return None
+    def _logprobs(self, index: int, tokens, offset: int = 0) -> dict | None:
+        if not self.logprobs:
+            return None
+        lp = completion_logprobs(self.tokenizer, tokens, self.cache, offset)
+        self.offsets[index] = offset + sum(len(t) for t in lp["tokens"])
+        return lp
+
+    def _extras(self, choice: dict) -> dict:
+        if choice["index"] in self.prompt_logprobs:
+            choice["prompt_logprobs"] = self.prompt_logprobs[choice["index"]]
+        return choice
+
+    def start_chunk(self, index: int) -> dict | None:
+        """The echoed prompt (and its logprobs) as the first chunk of choice ``index``."""
+        if index not in self.echo and index not in self.prompt_logprobs:
+            return None
+        text, tokens = self.echo.get(index, ("", []))
+        choice = {"index": index, "text": text, "logprobs": self._logprobs(index, tokens) if tokens else None,
+                  "finish_reason": None}
+        return {**self._head(self.chunk_name), "choices": [self._extras(choice)]}
 
     def chunk(self, d) -> dict:
-        lp = None
-        if self.logprobs:
-            lp = completion_logprobs(self.tokenizer, d.tokens, self.cache, self.offsets.get(d.index, 0))
-            self.offsets[d.index] = self.offsets.get(d.index, 0) + sum(len(t) for t in lp["tokens"])
+        lp = self._logprobs(d.index, d.tokens, self.offsets.get(d.index, 0))
         choice = {"index": d.index, "text": d.text, "logprobs": lp, "finish_reason": d.finish_reason}
         return {**self._head(self.chunk_name), "choices": [self._ids(choice, d.tokens)]}
 
     def body(self, results: list[dict], usage: dict) -> dict:
-        choices = [self._ids({"index": r["index"], "text": r["text"],
-                              "logprobs": completion_logprobs(self.tokenizer, r["tokens"], self.cache)
-                              if self.logprobs else None, "finish_reason": r["finish_reason"]}, r["tokens"])
-                   for r in results]
+        choices = []
+        for r in results:
+            text, tokens = self.echo.get(r["index"], ("", []))
+            choice = {"index": r["index"], "text": text + r["text"],
+                      "logprobs": self._logprobs(r["index"], tokens + r["tokens"]),
+                      "finish_reason": r["finish_reason"]}
+            choices.append(self._extras(self._ids(choice, r["tokens"])))
         return {**self._head(self.object_name), "choices": choices, "usage": usage}

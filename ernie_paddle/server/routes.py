@@ -1,5 +1,6 @@
 """The HTTP routes: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, and for operations
-``/health``, ``/metrics``, ``/v1/usage`` (own key) and ``/admin/usage`` (all keys)."""
+``/health``, ``/metrics``, ``/v1/usage`` (own key) and ``/admin/usage`` (all keys). The tokenizer routes
+are in ``routes_tokens``."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ernie_paddle.server.api_errors import APIError
 from ernie_paddle.server.auth import admin, caller, key_only
 from ernie_paddle.server.chat_tools import parse_options
-from ernie_paddle.server.delta_streams import Tally, fan_in, run_choice
+from ernie_paddle.server.delta_streams import Delta, Tally, fan_in, run_choice
 from ernie_paddle.server.images import prompt_length
 from ernie_paddle.server.metrics import CONTENT_TYPE
+from ernie_paddle.server.prompt_scores import prompt_logits, score_tokens, vllm_prompt_logprobs
 from ernie_paddle.server.request_bodies import ChatRequest, CompletionRequest
 from ernie_paddle.server.request_inputs import (
     chat_prompt,
@@ -24,7 +26,7 @@ from ernie_paddle.server.request_inputs import (
     sampling_params,
     token_budget,
 )
-from ernie_paddle.server.responses import SSE_DONE, ChatFormat, CompletionFormat, sse, usage_dict
+from ernie_paddle.server.responses import SSE_DONE, ChatFormat, CompletionFormat, sse, token_text, usage_dict
 
 router = APIRouter()
 
@@ -39,11 +41,36 @@ def _record(state, kid: str, prompt_tokens: int, tally: Tally) -> None:
             state.metrics.observe("request_tokens_per_second", (tally.completion_tokens - 1) / elapsed)
 
 
-async def _respond(state, kid: str, fmt, jobs: list, prompt_tokens: int, req):
+async def _nothing(index: int):
+    """The choice of a ``max_tokens: 0`` request (echo only): no token, finished by length."""
+    yield Delta(index, "", [], "length")
+
+
+async def _prompt_parts(state, req, prompts: list[list[int]]) -> tuple[dict, dict]:
+    """For every choice index: the echoed (prompt text, scored prompt tokens) and vLLM prompt_logprobs."""
+    echo, vllm = {}, {}
+    texts = [req.prompt] if isinstance(req.prompt, str) else \
+        req.prompt if req.prompt and isinstance(req.prompt[0], str) else [None] * len(prompts)
+    cache: dict = {}
+    for p, (ids, text) in enumerate(zip(prompts, texts)):
+        scored = req.prompt_logprobs is not None or (req.echo and req.logprobs is not None)
+        logits = await prompt_logits(state, ids) if scored else None
+        for index in range(p * req.n, (p + 1) * req.n):
+            if req.echo:
+                echo[index] = (state.tokenizer.decode(ids) if text is None else text,
+                               score_tokens(logits, ids, req.logprobs) if req.logprobs is not None else [])
+            if req.prompt_logprobs is not None:
+                vllm[index] = vllm_prompt_logprobs(logits, ids, req.prompt_logprobs,
+                                                   lambda i: token_text(state.tokenizer, i, cache)[0])
+    return echo, vllm
+
+
+async def respond(state, kid: str, fmt, jobs: list, prompt_tokens: int, req):
     """Run every (index, prompt, params) job; a JSON body, or an SSE stream when ``req.stream``."""
     tally = Tally()
     stops = req.stop_list()
-    streams = [run_choice(state, i, prompt, params, stops, tally) for i, prompt, params in jobs]
+    streams = [run_choice(state, i, prompt, params, stops, tally) if params.max_tokens else _nothing(i)
+               for i, prompt, params in jobs]
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
@@ -92,25 +119,26 @@ async def chat_completions(req: ChatRequest, request: Request, kid: str = Depend
     jobs = [(i, prompt, sampling_params(state, req, max_tokens, logprobs, i)) for i in range(req.n)]
     fmt = ChatFormat(state.settings.model_name, state.tokenizer, req.logprobs, req.return_token_ids,
                      parse_options(state, req, prompt))
-    return await _respond(state, kid, fmt, jobs, prompt_len, req)
+    return await respond(state, kid, fmt, jobs, prompt_len, req)
 
 
 @router.post("/v1/completions")
 async def completions(req: CompletionRequest, request: Request, kid: str = Depends(caller)):
     state = request.app.state.server
     check_model(state, req.model)
-    if req.echo:
-        raise APIError(400, "echo is not supported by this server", "echo")
-    check_logprobs(state, req.logprobs is not None)
+    if req.max_tokens == 0 and not req.echo:
+        raise APIError(400, "max_tokens: 0 asks for nothing; it is only allowed with echo", "max_tokens")
+    check_logprobs(state, req.logprobs is not None or req.prompt_logprobs is not None)
     prompts = completion_prompts(state, req)
     jobs = []
     for p, prompt in enumerate(prompts):
         max_tokens = token_budget(state, len(prompt), req.max_tokens, "prompt")
         jobs += [(p * req.n + i, prompt, sampling_params(state, req, max_tokens, req.logprobs, i))
                  for i in range(req.n)]
+    echo, vllm = await _prompt_parts(state, req, prompts)
     fmt = CompletionFormat(state.settings.model_name, state.tokenizer, req.logprobs is not None,
-                           req.return_token_ids)
-    return await _respond(state, kid, fmt, jobs, sum(map(len, prompts)), req)
+                           req.return_token_ids, echo, vllm)
+    return await respond(state, kid, fmt, jobs, sum(map(len, prompts)), req)
 
 
 @router.get("/v1/models")

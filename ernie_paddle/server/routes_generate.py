@@ -15,7 +15,7 @@ from ernie_paddle.server.api_errors import APIError
 from ernie_paddle.server.auth import caller
 from ernie_paddle.server.request_bodies import GenerateRequest
 from ernie_paddle.server.request_inputs import sampling_params, token_budget
-from ernie_paddle.server.routes import _respond
+from ernie_paddle.server.routes import respond
 
 router = APIRouter()
 
@@ -44,4 +44,4 @@ async def generate(req: GenerateRequest, request: Request, kid: str = Depends(ca
     used = {"max_length": max_tokens, "temperature": params.temperature, "top_p": params.top_p,
             "do_sample": req.do_sample}
     fmt = GenerateFormat(state.settings.model_name, used)
-    return await _respond(state, kid, fmt, [(0, prompt, params)], len(prompt), req)
+    return await respond(state, kid, fmt, [(0, prompt, params)], len(prompt), req)

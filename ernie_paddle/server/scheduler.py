@@ -1,7 +1,8 @@
 """Continuous batching: one worker thread runs decode steps for every live sequence together.
 
 New sequences are prefilled between steps and joined to the running batch; finished or cancelled ones
-leave it at the next step, so a disconnected client frees its slot at once.
+leave it at the next step, so a disconnected client frees its slot at once. Other model work (scoring a
+prompt) is handed to the same thread with ``call`` and runs between steps.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +55,7 @@ class Scheduler:
         self.max_batch = max_batch
         self.on_step = on_step
         self._waiting: queue.Queue[Sequence] = queue.Queue()
+        self._calls: queue.Queue[tuple[Callable[[], object], Future]] = queue.Queue()
         self._active: list[Sequence] = []
         self._cache = None
         self._stop = threading.Event()
@@ -73,9 +76,19 @@ class Scheduler:
         self._stop.set()
         if self._thread.is_alive():  # not yet started when the app stops during startup
             self._thread.join(timeout=10)
+        while not self._calls.empty():  # nobody will run them any more
+            _, future = self._calls.get_nowait()
+            if future.set_running_or_notify_cancel():
+                future.set_exception(RuntimeError("the server is stopping"))
 
     def submit(self, seq: Sequence) -> None:
         self._waiting.put(seq)
+
+    def call(self, fn: Callable[[], object]) -> Future:
+        """Run ``fn()`` in the worker thread between two steps; its result (or exception) in the future."""
+        future: Future = Future()
+        self._calls.put((fn, future))
+        return future
 
     # -- worker --------------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -88,6 +101,7 @@ class Scheduler:
     def _loop(self) -> None:
         """Run steps until ``stop``; a failed step ends the sequences it held."""
         while not self._stop.is_set():
+            self._run_calls()
             try:
                 self._step()
             except Exception as exc:  # a model failure ends the affected sequences, not the server
@@ -95,6 +109,18 @@ class Scheduler:
                 for seq in self._active:
                     seq.sink(("error", f"generation failed: {exc}"))
                 self._active, self._cache = [], None
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                fn, future = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except Exception as exc:  # handed to the caller
+                    future.set_exception(exc)
 
     def _emit(self, seq: Sequence, choice: TokenChoice) -> bool:
         """Send a token; return True when the sequence is finished."""
