@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,23 @@ _SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p")
 _PENALTY_KEYS = ("repetition_penalty", "frequency_penalty", "presence_penalty")
 
 
-@dataclass
-class Options:
+@dataclass(kw_only=True)
+class LogitControls:
+    """What changes a logits row before the pick (the order is the module docstring's), plus ``min_p``."""
+
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
+
+    def controls(self) -> dict:
+        """These fields as keyword arguments (for ``Options`` or the runtime's ``stream``)."""
+        return {f.name: getattr(self, f.name) for f in fields(LogitControls)}
+
+
+@dataclass(kw_only=True)
+class Options(LogitControls):
     """Resolved generation options."""
 
     max_new_tokens: int = 64
@@ -37,11 +52,6 @@ class Options:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
     stop_token_ids: tuple[int, ...] = ()
     pad_token_id: int = 0
     seed: int | None = None

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from ernie_paddle.runtime.generation import Options, TokenHistory, choose_next
+from ernie_paddle.runtime.generation import LogitControls, Options, TokenHistory, choose_next
 
 
 class Constraint(Protocol):
@@ -18,30 +18,19 @@ class Constraint(Protocol):
     def accept(self, token: int) -> None: ...
 
 
-@dataclass
-class SamplingParams:
+@dataclass(kw_only=True)
+class SamplingParams(LogitControls):
     """What one sequence asks for (OpenAI request fields plus vLLM-style extras)."""
 
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    logit_bias: dict[int, float] = field(default_factory=dict)
     seed: int | None = None
     min_tokens: int = 0
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token plus k alternatives
     constraint: Constraint | None = None  # structured output: only tokens its grammar allows
-
-    def controls(self) -> dict:
-        """The logit controls as ``generation.Options`` fields (for the runtime's own ``stream``)."""
-        return {"min_p": self.min_p, "repetition_penalty": self.repetition_penalty,
-                "frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty,
-                "logit_bias": dict(self.logit_bias)}
 
     @property
     def adjusts_logits(self) -> bool:
