@@ -219,3 +219,42 @@ def test_generate_cli_speculative(model_pair, runtime):
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [",".join(map(str, row)) for row in expected]
     assert "acceptance rate" in res.stderr and "tokens per main-model forward" in res.stderr
+
+
+def _log_softmax(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x - (x.max(-1, keepdims=True) + np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)))
+
+
+def test_stream_output_logits_are_the_main_models_rows(fitted):
+    """Each emitted token comes with the raw target logits row it was emitted from: its log-softmax equals
+    the teacher-forced one of ``runtime.logits(prompt + generated)``; the ids and the sampled law are
+    unchanged by asking for them."""
+    new = 12
+    plain = list(spec.stream(fitted.model, PROMPTS, num_draft=2, max_new_tokens=new, **NO_STOP))
+    steps = list(spec.stream(fitted.model, PROMPTS, num_draft=2, max_new_tokens=new, output_logits=True,
+                             **NO_STOP))
+    ids = np.stack([s[0] for s in steps], 1)
+    np.testing.assert_array_equal(ids, np.stack(plain, 1))
+    np.testing.assert_array_equal(ids, fitted.generate(PROMPTS, max_new_tokens=new, **NO_STOP)[:, 7:])
+    for r, prompt in enumerate(PROMPTS):
+        seq = np.array([prompt + ids[r].tolist()], dtype=np.int64)
+        forced = _log_softmax(fitted.logits(seq)[0, len(prompt) - 1: -1])  # [new, V]
+        got = _log_softmax(np.stack([s[1][r] for s in steps]))
+        np.testing.assert_allclose(got, forced, atol=1e-4)
+        assert (got.argmax(-1) == ids[r]).all()  # greedy: the emitted token is the top of its own row
+    sampled = [list(spec.stream(fitted.model, PROMPTS[:2], num_draft=2, max_new_tokens=8, seed=7, temperature=0.7,
+                                output_logits=scored, **NO_STOP)) for scored in (False, True)]
+    np.testing.assert_array_equal(np.stack(sampled[0], 1), np.stack([s[0] for s in sampled[1]], 1))
+
+
+def test_stream_output_logits_with_a_stop_pads_finished_rows(fitted):
+    ref = fitted.generate(PROMPTS[:2], max_new_tokens=10, **NO_STOP)
+    stop = int(ref[1, 7 + 3])  # the second row stops after its 4th token
+    steps = list(fitted.stream(PROMPTS[:2], max_new_tokens=10, speculative="mtp", num_draft=3, output_logits=True,
+                               stop_token_ids=[stop]))
+    ids, rows = np.stack([s[0] for s in steps], 1), np.stack([s[1] for s in steps], 1)
+    want = fitted.generate(PROMPTS[:2], max_new_tokens=10, stop_token_ids=[stop])
+    np.testing.assert_array_equal(ids, want[:, 7:7 + ids.shape[1]])
+    cut = ids[1].tolist().index(stop) + 1
+    assert (rows[1, cut:] == 0).all() and (rows[1, :cut] != 0).any(axis=-1).all()

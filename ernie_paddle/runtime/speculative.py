@@ -16,6 +16,9 @@ distribution after the usual processing (repetition penalty, min-new-tokens, tem
 Rollback: columns of rejected drafts are cut from the end of both caches; when the rows of a batch accept
 different counts, a row's rejected columns stay as masked holes (the cache's key mask hides them and
 positions count real tokens only), so every row continues exactly as it would alone.
+
+Logprobs: with ``output_logits`` every emitted token comes with the main model's raw logits row it was
+checked against or drawn from (prefill, verify position or bonus), kept only when asked.
 """
 
 from __future__ import annotations
@@ -170,8 +173,9 @@ class _Run:
     """State of one batched speculative generation (see the module docstring)."""
 
     def __init__(self, model, ids: np.ndarray, mask: np.ndarray, opts: Options, num_draft: int,
-                 stats: SpecStats):
+                 stats: SpecStats, output_logits: bool = False):
         self.model, self.opts, self.k, self.stats = model, opts, int(num_draft), stats
+        self.output_logits = output_logits  # keep each emitted token's raw target logits row
         self.greedy = not opts.do_sample
         self.rng = np.random.default_rng(opts.seed)
         self.ids, self.mask = ids, mask
@@ -192,8 +196,9 @@ class _Run:
         probs = _probs(proc, self.opts)
         return _draw(probs, self.rng.random(len(probs))), probs
 
-    def _emit(self, tokens: list[list[int]]) -> list[list[int]]:
-        """Cut each row's new tokens at a stop id or the token budget; update counters."""
+    def _emit(self, tokens: list[list[int]], rows: list | None) -> tuple[list[list[int]], list | None]:
+        """Cut each row's new tokens (and their logits ``rows``) at a stop id or the token budget; update
+        counters."""
         out = []
         for r, toks in enumerate(tokens):
             kept = []
@@ -208,7 +213,7 @@ class _Run:
                 self.done[r] |= self.emitted[r] >= self.opts.max_new_tokens
             out.append(kept)
         self.stats.new_tokens += sum(map(len, out))
-        return out
+        return out, None if rows is None else [row[:len(kept)] for row, kept in zip(rows, out)]
 
     def _draft(self, g: paddle.Tensor, k: int) -> tuple[np.ndarray, list]:
         """k draft tokens [B, k] and their distributions from the MTP state ``g`` [B, 1, H]."""
@@ -225,17 +230,19 @@ class _Run:
         truncate(self.mtp, start)
         return np.stack(tokens, axis=1) if tokens else np.zeros((g.shape[0], 0), np.int64), dists
 
-    def _target(self, hidden: paddle.Tensor, drafts: np.ndarray, j: int) -> np.ndarray:
-        """The main model's choice (greedy: tokens [B]) or distribution [B, V] after the pending token
-        and drafts 1..j."""
+    def _target(self, hidden: paddle.Tensor, drafts: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """(raw logits [B, V], the main model's choice (greedy: tokens [B]) or distribution [B, V]) after the
+        pending token and drafts 1..j."""
         history = self.history
         if j and self.opts.repetition_penalty != 1.0:
             history = [h | set(d[:j].tolist()) for h, d in zip(self.history, drafts)]
-        proc = _process(self.model.head(hidden[:, j]).numpy(), self.opts, history, self.emitted + j)
-        return proc.argmax(axis=-1) if self.greedy else _probs(proc, self.opts)
+        raw = self.model.head(hidden[:, j]).numpy()
+        proc = _process(raw, self.opts, history, self.emitted + j)
+        return raw, proc.argmax(axis=-1) if self.greedy else _probs(proc, self.opts)
 
-    def _verify(self, hidden: paddle.Tensor, drafts: np.ndarray, dists: list) -> tuple[np.ndarray, list]:
-        """Accepted draft counts [B] and each row's new tokens (accepted drafts + one from the main model).
+    def _verify(self, hidden: paddle.Tensor, drafts: np.ndarray, dists: list) -> tuple[np.ndarray, list, list]:
+        """Accepted draft counts [B], each row's new tokens (accepted drafts + one from the main model) and,
+        with ``output_logits``, the raw target logits row [V] each of them came from (else None).
 
         The head runs position by position and stops once every row has rejected a draft (on CPU the
         vocabulary projection costs as much per row as several decoder layers).
@@ -245,8 +252,10 @@ class _Run:
             u, extra = self.rng.random((b, k)), self.rng.random(b)
         accepted, last = np.zeros(b, dtype=np.int64), np.zeros(b, dtype=np.int64)
         alive = np.ones(b, dtype=bool)  # rows that accepted every draft so far
+        raws = []
         for j in range(k + 1):
-            target = self._target(hidden, drafts, j)
+            raw, target = self._target(hidden, drafts, j)
+            raws.append(raw if self.output_logits else None)
             for r in np.flatnonzero(alive):
                 if j < k:
                     d = drafts[r, j]
@@ -265,17 +274,20 @@ class _Run:
                 last[r] = _draw(dist[None], extra[r: r + 1])[0]
             if not alive.any():
                 break
-        return accepted, [[*drafts[r, :a].tolist(), int(last[r])] for r, a in enumerate(accepted)]
+        rows = [[raws[j][r] for j in range(a + 1)] for r, a in enumerate(accepted)] if self.output_logits else None
+        return accepted, [[*drafts[r, :a].tolist(), int(last[r])] for r, a in enumerate(accepted)], rows
 
-    def rounds(self) -> Iterator[list[list[int]]]:
-        """Yield each row's new tokens per main-model forward (the first yield comes from the prefill)."""
+    def rounds(self) -> Iterator[tuple[list[list[int]], list | None]]:
+        """Yield each row's new tokens per main-model forward (the first yield comes from the prefill), with
+        their raw target logits rows when ``output_logits`` (else None)."""
         model, b = self.model, len(self.ids)
         with paddle.no_grad():
             step_mask = None if self.mask.all() else paddle.to_tensor(self.mask)
             hidden = model.ernie(paddle.to_tensor(self.ids), self.main, step_mask)
             self.stats.main_forwards += b
-            first, _ = self._pick(model.head(hidden[:, -1]).numpy(), self.history, self.emitted)
-            yield self._emit([[t] for t in first.tolist()])
+            raw = model.head(hidden[:, -1]).numpy()
+            first, _ = self._pick(raw, self.history, self.emitted)
+            yield self._emit([[t] for t in first.tolist()], [[row] for row in raw] if self.output_logits else None)
             if self.done.all():
                 return
             mtp_ids = np.concatenate([self.ids[:, 1:], first[:, None]], axis=1)
@@ -286,13 +298,13 @@ class _Run:
                 k = min(self.k, int(self.opts.max_new_tokens - self.emitted[~self.done].min()) - 1)
                 drafts, dists = self._draft(g, k)
                 hidden = model.ernie(paddle.to_tensor(np.concatenate([pending[:, None], drafts], 1)), self.main)
-                accepted, new = self._verify(hidden, drafts, dists)
+                accepted, new, rows = self._verify(hidden, drafts, dists)
                 keep = np.arange(k + 1)[None, :] <= accepted[:, None]
                 keep_columns(self.main, keep)
                 self.stats.main_forwards += active
                 self.stats.drafted += k * active
                 self.stats.accepted += int(accepted[~self.done].sum())
-                yield self._emit(new)
+                yield self._emit(new, rows)
                 if self.done.all():
                     return
                 width = int(accepted.max()) + 1
@@ -317,25 +329,37 @@ def _setup(model, prompts, attention_mask, defaults, num_draft, method, options)
     return opts, ids, mask
 
 
-def _steps(run: _Run) -> Iterator[np.ndarray]:
+def _steps(run: _Run) -> Iterator:
+    """Token ids [B] per step, or (ids, raw logits [B, V]) with ``output_logits`` (finished rows: pad id,
+    zero logits)."""
     buffers = [deque() for _ in range(len(run.ids))]
-    for new in run.rounds():
-        for buf, toks in zip(buffers, new):
-            buf.extend(toks)
+    for new, rows in run.rounds():
+        for r, (buf, toks) in enumerate(zip(buffers, new)):
+            buf.extend(zip(toks, rows[r] if rows is not None else [None] * len(toks)))
         while all(buf or run.done[r] for r, buf in enumerate(buffers)) and any(buffers):
-            yield np.array([buf.popleft() if buf else run.opts.pad_token_id for buf in buffers], dtype=np.int64)
+            picks = [buf.popleft() if buf else (run.opts.pad_token_id, None) for buf in buffers]
+            ids = np.array([tok for tok, _ in picks], dtype=np.int64)
+            if not run.output_logits:
+                yield ids
+                continue
+            width = next(row for _, row in picks if row is not None).shape[-1]
+            yield ids, np.stack([np.zeros(width, np.float32) if row is None else row for _, row in picks])
 
 
 def stream(model, prompts, attention_mask=None, defaults: dict | None = None, num_draft: int = 1,
-           method: str = "mtp", stats: SpecStats | None = None, **options) -> Iterator[np.ndarray]:
+           method: str = "mtp", stats: SpecStats | None = None, output_logits: bool = False,
+           **options) -> Iterator:
     """Like ``generation.stream``: the next token ids [B] step by step (finished rows yield the pad id).
 
+    ``output_logits``: (ids, logits [B, V]) pairs instead, each row the main model's raw logits (before
+    penalties, temperature and filtering) at the place its token was emitted from, as without speculation.
     Pass a ``SpecStats`` to read the acceptance rate and tokens per main-model forward afterwards.
     """
     opts, ids, mask = _setup(model, prompts, attention_mask, defaults, num_draft, method, options)
     if opts.max_new_tokens == 0:
         return iter(())
-    return _steps(_Run(model, ids, mask, opts, num_draft, stats if stats is not None else SpecStats()))
+    return _steps(_Run(model, ids, mask, opts, num_draft, stats if stats is not None else SpecStats(),
+                       output_logits))
 
 
 def generate(model, prompts, attention_mask=None, defaults: dict | None = None, num_draft: int = 1,

@@ -75,11 +75,6 @@ def token_budget(state, prompt_len: int, requested: int | None, param: str) -> i
     return requested
 
 
-def check_logprobs(state, wanted: bool) -> None:
-    if wanted and state.settings.speculative:
-        raise APIError(400, "logprobs are not available with --speculative", "logprobs", "logprobs_not_supported")
-
-
 def _logit_bias(state, req) -> dict[int, float]:
     bias = getattr(req, "logit_bias", None) or {}
     vocab = len(state.tokenizer)

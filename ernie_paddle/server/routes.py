@@ -20,7 +20,6 @@ from ernie_paddle.server.prompt_scores import prompt_logits, score_tokens, vllm_
 from ernie_paddle.server.request_bodies import ChatRequest, CompletionRequest
 from ernie_paddle.server.request_inputs import (
     chat_prompt,
-    check_logprobs,
     check_model,
     completion_prompts,
     sampling_params,
@@ -111,7 +110,6 @@ async def respond(state, kid: str, fmt, jobs: list, prompt_tokens: int, req):
 async def chat_completions(req: ChatRequest, request: Request, kid: str = Depends(caller)):
     state = request.app.state.server
     check_model(state, req.model)
-    check_logprobs(state, req.logprobs)
     prompt = chat_prompt(state, req)
     prompt_len = prompt_length(prompt)
     max_tokens = token_budget(state, prompt_len, req.max_completion_tokens or req.max_tokens, "messages")
@@ -128,7 +126,6 @@ async def completions(req: CompletionRequest, request: Request, kid: str = Depen
     check_model(state, req.model)
     if req.max_tokens == 0 and not req.echo:
         raise APIError(400, "max_tokens: 0 asks for nothing; it is only allowed with echo", "max_tokens")
-    check_logprobs(state, req.logprobs is not None or req.prompt_logprobs is not None)
     prompts = completion_prompts(state, req)
     jobs = []
     for p, prompt in enumerate(prompts):

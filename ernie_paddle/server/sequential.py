@@ -2,6 +2,8 @@
 
 No continuous batching here: requests wait in the queue while one generates. Each sequence's sink gets
 the same events as with the batching ``Scheduler``, whose queue, worker loop and stop rules this reuses.
+With ``logprobs`` the stream yields (ids, raw logits) steps (speculative ones: the main model's row each
+token was emitted from), scored by ``sampling.scored_choice`` as in the batching sampler.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class SequentialScheduler(Scheduler):
 
     def _generate(self, seq: Sequence) -> None:
         p = seq.params
-        scored = {"output_logits": True} if p.logprobs is not None else {}  # (ids, logits) steps
+        scored = {"output_logits": True} if p.logprobs is not None else {}  # (ids, raw logits) steps
         steps = self.runtime.stream(
             self.to_input(seq.prompt), max_new_tokens=p.max_tokens, min_new_tokens=p.min_tokens,
             do_sample=p.temperature > 0, temperature=p.temperature or 1.0, top_k=p.top_k, top_p=p.top_p,

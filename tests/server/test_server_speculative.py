@@ -1,4 +1,5 @@
-"""``serve --speculative mtp``: greedy output equals plain greedy output; /metrics counts drafts and accepts."""
+"""``serve --speculative mtp``: greedy output equals plain greedy output; /metrics counts drafts and accepts;
+logprobs are the main model's own (teacher-forced) log-probabilities."""
 
 import re
 import threading
@@ -82,7 +83,7 @@ def test_speculative_server_is_greedy_identical_and_counts_acceptance(fitted, tm
         drafted = _counter(srv.base, "speculative_draft_tokens_total")
         accepted = _counter(srv.base, "speculative_accepted_tokens_total")
         rate = _counter(srv.base, "speculative_acceptance_rate")
-        for extra in ({"frequency_penalty": 1.0}, {"logit_bias": {"5": 3}}, {"logprobs": 1}):
+        for extra in ({"frequency_penalty": 1.0}, {"logit_bias": {"5": 3}}):
             with pytest.raises(openai.BadRequestError) as err:
                 client.completions.create(model=MODEL_NAME, prompt=PROMPTS[0], **GREEDY, **extra)
             assert err.value.body["param"] == next(iter(extra))
@@ -112,3 +113,59 @@ def test_serve_cli_speculative_matches_plain_greedy(moe_hf, tmp_path):
         assert _counter(proc.base, "speculative_draft_tokens_total") > 0
     finally:
         proc.stop()
+
+
+def _forced(rt, prompt: list[int], generated: list[int]) -> np.ndarray:
+    """Teacher-forced log-softmax rows [len(generated), V] of the runtime's own logits."""
+    x = rt.logits(np.array([prompt + generated], dtype=np.int64))[0, len(prompt) - 1: -1].astype(np.float64)
+    peak = x.max(-1, keepdims=True)
+    return x - (peak + np.log(np.exp(x - peak).sum(-1, keepdims=True)))
+
+
+def test_speculative_server_logprobs_are_the_main_models(fitted, tmp_path):
+    from ernie_paddle.server import Settings, create_app
+    from ernie_paddle.tokenizer.ernie_tokenizer import ErnieTokenizer
+
+    rt, folder = fitted
+    tok = ErnieTokenizer.from_folder(folder)
+    settings = Settings(model_path=str(folder), model_name=MODEL_NAME, data_dir=str(tmp_path),
+                        speculative="mtp", num_draft=2)
+    messages = [{"role": "user", "content": "hello there"}]
+    chat_ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    with _ThreadServer(create_app(settings, runtime=rt, tokenizer=tok)) as srv:
+        client = openai.OpenAI(base_url=srv.base + "/v1", api_key="unused", max_retries=0, timeout=60)
+        done = [client.completions.create(model=MODEL_NAME, prompt=p, logprobs=3, **GREEDY).choices[0]
+                for p in PROMPTS]
+        chunks = list(client.completions.create(model=MODEL_NAME, prompt=PROMPTS[0], logprobs=3, stream=True,
+                                                **GREEDY))
+        chat = client.chat.completions.create(model=MODEL_NAME, messages=messages, logprobs=True, top_logprobs=4,
+                                              **GREEDY).choices[0]
+        echo = client.completions.create(model=MODEL_NAME, prompt=PROMPTS[1], logprobs=2, echo=True,
+                                         **GREEDY).choices[0]
+    for p, choice in zip(PROMPTS, done):
+        ids = choice.model_extra["token_ids"]
+        assert ids == rt.generate([p], max_new_tokens=16, stop_token_ids=[])[0, len(p):].tolist()
+        forced = _forced(rt, p, ids)
+        lp = choice.logprobs
+        assert len(lp.token_logprobs) == len(lp.top_logprobs) == len(ids) == 16
+        np.testing.assert_allclose(lp.token_logprobs, forced[np.arange(16), ids], atol=1e-4)
+        for top, row, chosen in zip(lp.top_logprobs, forced, lp.token_logprobs):
+            assert 1 <= len(top) <= 3  # two ids may share a display text
+            assert max(top.values()) == pytest.approx(chosen, abs=1e-9)  # greedy: the token is the top one
+            assert set(np.round(list(top.values()), 4)) <= set(np.round(np.sort(row)[-3:], 4))
+    streamed = [v for c in chunks for ch in c.choices for v in (ch.logprobs.token_logprobs if ch.logprobs else [])]
+    np.testing.assert_allclose(streamed, done[0].logprobs.token_logprobs, atol=1e-6)
+    ids = chat.model_extra["token_ids"]
+    assert ids == rt.generate([chat_ids], max_new_tokens=16, stop_token_ids=[])[0, len(chat_ids):].tolist()
+    forced = _forced(rt, chat_ids, ids)
+    assert len(chat.logprobs.content) == len(ids)
+    for entry, row, t in zip(chat.logprobs.content, forced, ids):
+        assert entry.logprob == pytest.approx(row[t], abs=1e-4)
+        top = [e.logprob for e in entry.top_logprobs]
+        assert len(top) == 4 and top == sorted(top, reverse=True) and top[0] == pytest.approx(entry.logprob)
+        np.testing.assert_allclose(top, np.sort(row)[::-1][:4], atol=1e-4)
+    lp, n = echo.logprobs, len(PROMPTS[1])  # echo: the prompt's own logprobs (first null), then the generated
+    assert lp.token_logprobs[0] is None and len(lp.token_logprobs) == n + 16
+    gen = echo.model_extra["token_ids"]
+    whole = _forced(rt, PROMPTS[1][:1], PROMPTS[1][1:] + gen)
+    np.testing.assert_allclose(lp.token_logprobs[1:], whole[np.arange(n - 1 + 16), PROMPTS[1][1:] + gen], atol=1e-4)
