@@ -1,5 +1,6 @@
 """Constants and the server process wrapper shared by the server tests."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -69,3 +70,17 @@ class ServerProcess:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+@contextlib.contextmanager
+def running_server(model, root, extra_args=(), env=None):
+    """A started ``ServerProcess`` over ``model`` with the test keys written under ``root``; stopped after."""
+    (root / "keys.txt").write_text("\n".join(USER_KEYS) + "\n")
+    (root / "admin.txt").write_text(ADMIN_KEY + "\n")
+    proc = ServerProcess(model, root / "data", root / "keys.txt", root / "admin.txt", root / "server.log",
+                         extra_args, env)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

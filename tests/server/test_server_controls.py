@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from server_env import ADMIN_KEY, MODEL_NAME, USER_KEYS, ServerProcess
+from server_env import MODEL_NAME, USER_KEYS, running_server
 
 from ernie_paddle.server.request_bodies import NOT_IMPLEMENTED
 
@@ -178,12 +178,8 @@ def penalised_server(model_dir, tmp_path_factory):
     folder = root / "ernie-tiny-rep"
     shutil.copytree(model_dir, folder)
     (folder / "generation_config.json").write_text(json.dumps({"repetition_penalty": 2.5}))
-    (root / "keys.txt").write_text("\n".join(USER_KEYS) + "\n")
-    (root / "admin.txt").write_text(ADMIN_KEY + "\n")
-    proc = ServerProcess(folder, root / "data", root / "keys.txt", root / "admin.txt", root / "server.log")
-    proc.start()
-    yield proc
-    proc.stop()
+    with running_server(folder, root) as proc:
+        yield proc
 
 
 def test_checkpoint_repetition_penalty_applies_unless_the_request_sets_one(penalised_server, api):

@@ -5,7 +5,7 @@ import json
 
 import httpx
 import pytest
-from server_env import ADMIN_KEY, MODEL_NAME, USER_KEYS, ServerProcess
+from server_env import MODEL_NAME, USER_KEYS, running_server
 
 from ernie_paddle.devkit import thinking_demo as demo
 
@@ -18,12 +18,8 @@ def thinking_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def thinking_server(thinking_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("thinking-server")
-    (root / "keys.txt").write_text("\n".join(USER_KEYS) + "\n")
-    (root / "admin.txt").write_text(ADMIN_KEY + "\n")
-    proc = ServerProcess(thinking_dir, root / "data", root / "keys.txt", root / "admin.txt", root / "server.log")
-    proc.start()
-    yield proc
-    proc.stop()
+    with running_server(thinking_dir, root) as proc:
+        yield proc
 
 
 @pytest.fixture
