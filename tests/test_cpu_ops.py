@@ -126,9 +126,9 @@ def portable(monkeypatch):
 
 @pytest.mark.parametrize("rows,k,n", [(1, 100, 67), (3, 64, 96), (8, 72, 260), (33, 48, 30), (33, 2048, 200)])
 def test_bf16_linear_matches_widened(ops, portable, rows, k, n):
-    """bf16 weights: equal to numpy (and to the float32 operator) on the exactly widened weights; decode rows
-    in registers, 33 rows through widened tiles (K 2048 splits N 200 into several tiles); the portable
-    backend gives identical bits."""
+    """bf16 weights: equal to numpy (and within fp32 rounding of the float32 operator) on the exactly widened
+    weights; decode rows and 33 prefill rows (the register kernel over row blocks; MKL for float32); the
+    portable backend gives identical bits."""
     rng = np.random.default_rng(rows * k)
     x = rng.standard_normal((rows, k)).astype(np.float32)
     bits, w = _bf16(rng, (n, k))
@@ -137,7 +137,10 @@ def test_bf16_linear_matches_widened(ops, portable, rows, k, n):
     y = ops.ernie_linear(_t(x), wt).numpy()
     np.testing.assert_allclose(y, x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-5,
                                atol=1e-5 * np.sqrt(k))
-    np.testing.assert_array_equal(y, ops.ernie_linear(_t(x), _t(w)).numpy())
+    ref32 = ops.ernie_linear(_t(x), _t(w)).numpy()
+    if rows <= 8:  # the same kernel on both formats: the same bits
+        np.testing.assert_array_equal(y, ref32)
+    np.testing.assert_allclose(y, ref32, rtol=1e-5, atol=1e-5 * np.sqrt(k))
     np.testing.assert_array_equal(portable(ops.ernie_linear, _t(x), wt), y)
 
 
@@ -151,14 +154,14 @@ def test_bf16_linear_add_matches_widened(ops, portable, rows, swiglu):
     act = x[..., :k] / (1 + np.exp(-x[..., :k])) * x[..., k:] if swiglu else x
     out = ops.ernie_linear_add(_t(x), paddle.to_tensor(bits), _t(res), swiglu).numpy()
     np.testing.assert_allclose(out, res + act @ w.T, rtol=1e-5, atol=1e-4)
-    np.testing.assert_array_equal(out, ops.ernie_linear_add(_t(x), _t(w), _t(res), swiglu).numpy())
+    np.testing.assert_allclose(out, ops.ernie_linear_add(_t(x), _t(w), _t(res), swiglu).numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(portable(ops.ernie_linear_add, _t(x), paddle.to_tensor(bits), _t(res), swiglu), out)
 
 
 @pytest.mark.parametrize("tokens", [1, 3, 8, 33])
 def test_bf16_moe_experts_match_widened(ops, portable, tokens):
-    """The experts operator over bf16 expert stacks equals the float32 operator on the widened stacks (33
-    tokens over 4 experts: more than 8 rows on an expert, the widened-tile path)."""
+    """The experts operator over bf16 expert stacks equals numpy and the float32 operator on the widened
+    stacks (33 tokens over 4 experts: more than 8 rows on an expert, the prefill path)."""
     rng = np.random.default_rng(tokens)
     h, inter, experts, k = 48, 24, 6, 2
     x = rng.standard_normal((tokens, h)).astype(np.float32)
@@ -174,7 +177,8 @@ def test_bf16_moe_experts_match_widened(ops, portable, tokens):
     args = (_t(x), _t(ids), _t(weights), paddle.to_tensor(up_bits), paddle.to_tensor(down_bits))
     out = ops.ernie_moe_experts(*args).numpy()
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(out, ops.ernie_moe_experts(*args[:3], _t(up_gate), _t(down)).numpy())
+    np.testing.assert_allclose(out, ops.ernie_moe_experts(*args[:3], _t(up_gate), _t(down)).numpy(), rtol=1e-5,
+                               atol=1e-5)
     np.testing.assert_array_equal(portable(ops.ernie_moe_experts, *args), out)
 
 

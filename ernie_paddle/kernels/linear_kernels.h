@@ -2,8 +2,8 @@
 // (float32 x, float32 accumulation). Written once over a vector backend V and a stored element type T.
 //
 // Decode (m <= kSmallRows): a streaming GEMV, each weight row read from memory once and decoded in
-// registers. Prefill (more rows): Paddle's matmul (MKL) — straight on float32 weights; other formats widen
-// tiles of kTileBytes of weight rows into a cache-resident float32 block and multiply each tile.
+// registers. Prefill (more rows): Paddle's matmul (MKL) on float32 weights; other formats the same
+// register kernel over blocks of token rows (prefill_into).
 #pragma once
 
 #include <omp.h>
@@ -11,7 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <vector>
+#include <type_traits>
 
 #include "paddle/extension.h"
 #include "weight_formats.h"
@@ -21,7 +21,7 @@ namespace ernie {
 constexpr int64_t kSmallRows = 8;
 constexpr int64_t kBlock = 512;  // k per pass of the batched tiles: 4 weight rows + 8 token rows = 24 KB
 constexpr int64_t kChunk = 64;  // output rows per work item (a multiple of 4: the 4 x 2 tiles)
-constexpr int64_t kTileBytes = 512 << 10;  // float32 weight rows widened per prefill tile (half an L2)
+constexpr int64_t kPrefillRows = 64;  // token rows per pass over the weights in prefill (non-float32)
 
 // dot(a, b) over k values: four independent accumulators, so loads of b stream at full speed.
 template <class V, class T>
@@ -114,44 +114,30 @@ void gemv(const float* x, int64_t m, int64_t k, const T* wt, int64_t n, float* y
   gemv_with<Portable>(x, m, k, wt, n, y);
 }
 
-// dst [rows, k] = the float32 values of src [rows, k] (threads split the rows).
+// y [m, n] = x @ wt^T for prefill rows (m > kSmallRows). float32 weights: Paddle's matmul (MKL). Other
+// formats: the same register-decoding kernel as decode, over blocks of kPrefillRows token rows, so each
+// thread's kChunk weight rows stay in cache while every token row of the block passes over them; the
+// weights are read from memory once per block. (Widening tiles into a float32 block for MKL measured
+// 1.5-7x slower than this at 2 threads: a small GEMM per tile, see the report of issue 16.)
 template <class T>
-void widen_rows(const T* src, int64_t rows, int64_t k, float* dst) {
-  const int64_t total = rows * k;
-#pragma omp parallel for schedule(static) if (total >= (1 << 16))
-  for (int64_t i = 0; i < total; ++i) dst[i] = widen(src[i]);
-}
-
-// y [m, n] (row stride n) = x @ wt^T by Paddle's matmul, float32 weights used in place, others widened
-// one tile of weight rows at a time.
-template <class T>
-void matmul_into(const float* x, int64_t m, int64_t k, const T* wt, int64_t n, float* y) {
-  auto xt = paddle::from_blob(const_cast<float*>(x), {m, k}, paddle::DataType::FLOAT32);
+void prefill_into(const float* x, int64_t m, int64_t k, const T* wt, int64_t n, float* y) {
   if constexpr (std::is_same_v<T, float>) {
+    auto xt = paddle::from_blob(const_cast<float*>(x), {m, k}, paddle::DataType::FLOAT32);
     auto wv = paddle::from_blob(const_cast<float*>(wt), {n, k}, paddle::DataType::FLOAT32);
     auto out = paddle::experimental::matmul(xt, wv, false, true);
     std::memcpy(y, out.data<float>(), sizeof(float) * m * n);
   } else {
-    const int64_t tile = std::min(n, std::max<int64_t>(16, kTileBytes / (4 * k) / 16 * 16));
-    std::vector<float> block(tile * k);
-    for (int64_t n0 = 0; n0 < n; n0 += tile) {
-      const int64_t rows = std::min(tile, n - n0);
-      widen_rows(wt + n0 * k, rows, k, block.data());
-      auto wv = paddle::from_blob(block.data(), {rows, k}, paddle::DataType::FLOAT32);
-      auto out = paddle::experimental::matmul(xt, wv, false, true);
-      const float* op = out.data<float>();
-      for (int64_t r = 0; r < m; ++r) std::memcpy(y + r * n + n0, op + r * rows, sizeof(float) * rows);
-    }
+    for (int64_t r0 = 0; r0 < m; r0 += kPrefillRows) gemv(x + r0 * k, std::min(kPrefillRows, m - r0), k, wt, n, y + r0 * n);
   }
 }
 
-// y [m, n] = x [m, k] @ wt[n, k]^T into y (contiguous): GEMV for few rows, Paddle's matmul otherwise.
+// y [m, n] = x [m, k] @ wt[n, k]^T into y (contiguous): the GEMV for few rows, prefill_into otherwise.
 template <class T>
 void linear_into(const float* x, int64_t m, int64_t k, const T* wt, int64_t n, float* y) {
   if (m <= kSmallRows)
     gemv(x, m, k, wt, n, y);
   else
-    matmul_into(x, m, k, wt, n, y);
+    prefill_into(x, m, k, wt, n, y);
 }
 
 }  // namespace ernie

@@ -7,8 +7,8 @@
 // decode step streams every weight once from memory in long runs.
 //
 // ernie_linear(x [..., K], wt [N, K]) -> [..., N]: up to kSmallRows rows run a streaming GEMV (each row
-//     of W^T read once, up to 8 token rows per pass); more rows (prefill) call Paddle's matmul (MKL), bf16
-//     weights widened one cache-resident tile of rows at a time.
+//     of W^T read once, up to 8 token rows per pass); more rows (prefill) call Paddle's matmul (MKL) for
+//     float32 weights, the register-decoding kernel over blocks of 64 token rows for bf16 ones.
 // ernie_linear_add(x [..., K or 2K], wt [N, K], residual [..., N]; swiglu) -> residual + f(x) @ wt^T, f the
 //     identity or SwiGLU of x's [gate | up] halves: the output projections with their residual add.
 // ernie_moe_experts(x [T, H], ids [T, k], weights [T, k], up_gate_t [E, 2I, H], down_t [E, H, I]) -> [T, H]:
