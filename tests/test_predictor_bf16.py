@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from fixtures_models import VARIANTS
+from helpers import run_cli
 from test_predictor import NO_STOP, PROMPTS, _compare_streams, _edit_json
 
 from ernie_paddle.api import load
@@ -104,3 +105,20 @@ def test_unknown_weight_format_is_refused(model_pair, tmp_path):
     _, pd = model_pair("dense-tied")
     with pytest.raises(ErnieError, match="unknown weight format"):
         export(pd, tmp_path / "x", max_seq_len=64, max_batch=2, weights="int3")
+
+
+def test_auto_engine_and_cli_keep_bf16(bf16_pair, monkeypatch, tmp_path):
+    """``engine="auto"`` on a bf16 checkpoint caches a bf16 export (named apart from float32 ones) at the
+    checkpoint's size; ``ernie-paddle export --weights float32`` widens."""
+    monkeypatch.setenv("ERNIE_PADDLE_HOME", str(tmp_path / "home"))
+    hf, _, eager = bf16_pair("dense-untied")
+    rt = load(hf, engine="auto")
+    assert rt.folder.name.split("-v")[0].endswith("-native-bf16")
+    assert rt.manifest["weight_format"] == "bfloat16"
+    assert abs((rt.folder / "step.pdiparams").stat().st_size / open_checkpoint(hf).total_bytes - 1) <= 0.05
+    ids = np.array([PROMPTS[1]])
+    assert np.abs(rt.logits(ids) - eager.logits(ids)).max() <= 1e-5
+    out = tmp_path / "wide"
+    r = run_cli("export", hf, out, "--max-seq-len", "32", "--max-batch", "1", "--weights", "float32", "-q")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "manifest.json").read_text())["weight_format"] == "float32"

@@ -177,7 +177,7 @@ class NativeOps(nn.Layer, EagerOps):
         self.table = None  # the bf16 embedding copy (gather and tied head), when the format is bfloat16
         if weight_format != "float32":
             emb = model.ernie.embed_tokens.weight
-            self.table = _append(self, self.weights, emb.astype(weight_format))
+            self.table = _append(self, self.weights, self._stored(emb))
             self.formats[self._names[id(model.ernie.embed_tokens)] + ".weight"] = weight_format
         else:
             self.formats[self._names[id(model.ernie.embed_tokens)] + ".weight"] = "float32"
@@ -186,11 +186,13 @@ class NativeOps(nn.Layer, EagerOps):
         """Append the transposed (and, for several layers, stacked) weights of ``layers`` in this op set's
         format: one linear at a time is transposed in float32 and converted, so no float32 copy of more
         than one linear lives beside the model."""
-        mats = [paddle.transpose(float_weight(lin), [1, 0]) for lin in layers]
-        if self.weight_format != "float32":
-            mats = [m.astype(self.weight_format) for m in mats]
+        mats = [self._stored(paddle.transpose(float_weight(lin), [1, 0])) for lin in layers]
         self.formats[name or self._names[id(layers[0])] + ".weight"] = self.weight_format
         return _append(self, self.weights, (mats[0] if len(mats) == 1 else paddle.stack(mats)).contiguous())
+
+    def _stored(self, mat):
+        """``mat`` in this op set's weight format."""
+        return mat if self.weight_format == "float32" else mat.astype(self.weight_format)
 
     def embed(self, embedding, ids):
         """Rows ``ids`` of the embedding table, float32."""
