@@ -11,7 +11,7 @@ writes attention with ``swiglu``, shape-free reshapes and one rotary rotation (a
 and k together: the dygraph forms cost about twice as many small ops per layer. On the 0.3B shape the
 native program has about 175 operations. Parity with dygraph is tested to 1e-5 at every step
 (tests/test_predictor.py). Neither op set changes the model: the native one holds transposed [out, in]
-copies of the linear weights, and both hold float32 copies of quantized linears (dequantized at export).
+copies of the linear weights (float32, or bfloat16 for a bf16 checkpoint: ``NativeOps``), and both hold float32 copies of quantized linears (dequantized at export).
 
 One program serves prefill and decode: the KV buffer ``kv`` [L, 2, B, nkv, C, hd] is an input that the
 runner shares zero-copy with the predictor; the program writes the new tokens' keys/values into columns
