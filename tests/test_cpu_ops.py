@@ -102,3 +102,92 @@ def test_linear_add_matches_numpy(ops, rows, swiglu):
     act = x[..., :k] / (1 + np.exp(-x[..., :k])) * x[..., k:] if swiglu else x
     out = ops.ernie_linear_add(_t(x), _t(wt), _t(res), swiglu).numpy()
     np.testing.assert_allclose(out, res + act @ wt.T, rtol=1e-5, atol=1e-4)
+
+
+def _bf16(rng, shape, scale=1.0):
+    """(raw bf16 bits as uint16, their exact float32 values) of random weights."""
+    bits = ((scale * rng.standard_normal(shape)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    return bits, (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+@pytest.fixture
+def portable(monkeypatch):
+    """Run a call on the portable (plain C++) backend."""
+
+    def call(fn, *args):
+        monkeypatch.setenv("ERNIE_PADDLE_PORTABLE_KERNELS", "1")
+        try:
+            return fn(*args).numpy()
+        finally:
+            monkeypatch.delenv("ERNIE_PADDLE_PORTABLE_KERNELS")
+
+    return call
+
+
+@pytest.mark.parametrize("rows,k,n", [(1, 100, 67), (3, 64, 96), (8, 72, 260), (33, 48, 30), (33, 2048, 200)])
+def test_bf16_linear_matches_widened(ops, portable, rows, k, n):
+    """bf16 weights: equal to numpy (and within fp32 rounding of the float32 operator) on the exactly widened
+    weights; decode rows and 33 prefill rows (the register kernel over row blocks; MKL for float32); the
+    portable backend gives identical bits."""
+    rng = np.random.default_rng(rows * k)
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    bits, w = _bf16(rng, (n, k))
+    wt = paddle.to_tensor(bits)
+    assert wt.dtype == paddle.bfloat16
+    y = ops.ernie_linear(_t(x), wt).numpy()
+    np.testing.assert_allclose(y, x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-5,
+                               atol=1e-5 * np.sqrt(k))
+    ref32 = ops.ernie_linear(_t(x), _t(w)).numpy()
+    if rows <= 8:  # the same kernel on both formats: the same bits
+        np.testing.assert_array_equal(y, ref32)
+    np.testing.assert_allclose(y, ref32, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+    np.testing.assert_array_equal(portable(ops.ernie_linear, _t(x), wt), y)
+
+
+@pytest.mark.parametrize("rows,swiglu", [(1, False), (3, True), (8, False), (33, True)])
+def test_bf16_linear_add_matches_widened(ops, portable, rows, swiglu):
+    rng = np.random.default_rng(rows)
+    k, n = 40, 24
+    x = rng.standard_normal((1, rows, 2 * k if swiglu else k)).astype(np.float32)
+    bits, w = _bf16(rng, (n, k))
+    res = rng.standard_normal((1, rows, n)).astype(np.float32)
+    act = x[..., :k] / (1 + np.exp(-x[..., :k])) * x[..., k:] if swiglu else x
+    out = ops.ernie_linear_add(_t(x), paddle.to_tensor(bits), _t(res), swiglu).numpy()
+    np.testing.assert_allclose(out, res + act @ w.T, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(out, ops.ernie_linear_add(_t(x), _t(w), _t(res), swiglu).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(portable(ops.ernie_linear_add, _t(x), paddle.to_tensor(bits), _t(res), swiglu), out)
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 8, 33])
+def test_bf16_moe_experts_match_widened(ops, portable, tokens):
+    """The experts operator over bf16 expert stacks equals numpy and the float32 operator on the widened
+    stacks (33 tokens over 4 experts: more than 8 rows on an expert, the prefill path)."""
+    rng = np.random.default_rng(tokens)
+    h, inter, experts, k = 48, 24, 6, 2
+    x = rng.standard_normal((tokens, h)).astype(np.float32)
+    ids = np.stack([rng.choice(4, k, replace=False) for _ in range(tokens)]).astype(np.int64)
+    weights = rng.random((tokens, k)).astype(np.float32)
+    up_bits, up_gate = _bf16(rng, (experts, 2 * inter, h), 0.2)
+    down_bits, down = _bf16(rng, (experts, h, inter), 0.2)
+    ref = np.zeros((tokens, h), np.float64)
+    for t in range(tokens):
+        for j in range(k):
+            gate, up = np.split(up_gate[ids[t, j]].astype(np.float64) @ x[t], 2)
+            ref[t] += weights[t, j] * (down[ids[t, j]] @ (gate / (1 + np.exp(-gate)) * up))
+    args = (_t(x), _t(ids), _t(weights), paddle.to_tensor(up_bits), paddle.to_tensor(down_bits))
+    out = ops.ernie_moe_experts(*args).numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out, ops.ernie_moe_experts(*args[:3], _t(up_gate), _t(down)).numpy(), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_array_equal(portable(ops.ernie_moe_experts, *args), out)
+
+
+def test_portable_backend_matches_for_float32(ops, portable):
+    rng = np.random.default_rng(5)
+    x, wt = rng.standard_normal((3, 77)).astype(np.float32), rng.standard_normal((41, 77)).astype(np.float32)
+    np.testing.assert_array_equal(portable(ops.ernie_linear, _t(x), _t(wt)), ops.ernie_linear(_t(x), _t(wt)).numpy())
+
+
+def test_linear_rejects_other_weight_dtypes(ops):
+    with pytest.raises(Exception, match="float32 or bfloat16"):
+        ops.ernie_linear(paddle.zeros([1, 8]), paddle.zeros([4, 8], dtype="int32"))

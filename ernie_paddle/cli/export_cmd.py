@@ -19,16 +19,18 @@ COMMANDS = []
 @click.option("--quantization", type=click.Choice(["wint8", "wint4", "fp8"]), default=None,
               help="Quantize on load, then export the dequantized weights (float32; a quantized checkpoint is "
                    "always exported that way): the logits of the quantized model on the predictor.")
+@click.option("--weights", type=click.Choice(["auto", "float32", "bf16"]), default="auto", show_default=True,
+              help="Stored format of the CPU program's linear weights (auto: bf16 for a bf16 checkpoint).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the export succeeded).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def export(model, out, max_seq_len, max_batch, dtype, device, quantization, overwrite, quiet):
+def export(model, out, max_seq_len, max_batch, dtype, device, quantization, weights, overwrite, quiet):
     """Export checkpoint MODEL (Paddle or HF folder) to OUT: the prefill/decode step program, its parameters,
     the normalized config, tokenizer and generation files, and a manifest with digests."""
     from ernie_paddle.runtime.predictor import export as run
 
     start = time.perf_counter()
     folder = run(model, out, max_seq_len=max_seq_len, max_batch=max_batch, dtype=dtype, device=device,
-                 overwrite=overwrite, quantization=quantization)
+                 overwrite=overwrite, quantization=quantization, weights=weights)
     if not quiet:
         size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
         click.echo(f"exported {model} -> {folder} ({size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)")

@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import platform
+import re
 from pathlib import Path
 
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-wrapv"]  # Paddle adds -fwrapv, which blocks vectorization
@@ -25,10 +26,24 @@ def _cache_dir(source: Path) -> Path:
     flags = ""
     with contextlib.suppress(OSError):
         flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
-    key = hashlib.sha256(source.read_bytes() + " ".join(CFLAGS + _openmp_ldflags()).encode() + paddle.__version__.encode()
+    key = hashlib.sha256(_source_bytes(source) + " ".join(CFLAGS + _openmp_ldflags()).encode() + paddle.__version__.encode()
                          + flags.encode()).hexdigest()[:16]
     root = Path(os.environ.get("ERNIE_PADDLE_CACHE") or Path.home() / ".cache" / "ernie_paddle")
     return root / "kernels" / key
+
+
+def _source_bytes(source: Path) -> bytes:
+    """The source and the local headers it includes (``#include "name.h"``, recursively): the cache key."""
+    seen, out, todo = set(), b"", [source]
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.is_file():
+            continue
+        seen.add(path)
+        data = path.read_bytes()
+        out += data
+        todo += [path.parent / m.decode() for m in re.findall(rb'^#include "([^"]+)"', data, re.M)]
+    return out
 
 
 @contextlib.contextmanager

@@ -1,10 +1,14 @@
-// CPU operators of the exported step program (Paddle custom operators, built by predictor_ops.py), float32.
+// CPU operators of the exported step program (Paddle custom operators, built by predictor_ops.py): float32
+// activations; linear and expert weights float32 or bfloat16 (each in its stored format, decoded in
+// registers by linear_kernels.h; float32 accumulation, so a bf16 weight gives the float32 result of its
+// widened values).
 //
 // Weights are stored transposed, W^T [N, K] (one output per contiguous row, like the embedding), so a
 // decode step streams every weight once from memory in long runs.
 //
 // ernie_linear(x [..., K], wt [N, K]) -> [..., N]: up to kSmallRows rows run a streaming GEMV (each row
-//     of W^T read once, up to 8 token rows per pass); more rows (prefill) call Paddle's matmul (MKL).
+//     of W^T read once, up to 8 token rows per pass); more rows (prefill) call Paddle's matmul (MKL) for
+//     float32 weights, the register-decoding kernel over blocks of 64 token rows for bf16 ones.
 // ernie_linear_add(x [..., K or 2K], wt [N, K], residual [..., N]; swiglu) -> residual + f(x) @ wt^T, f the
 //     identity or SwiGLU of x's [gate | up] halves: the output projections with their residual add.
 // ernie_moe_experts(x [T, H], ids [T, k], weights [T, k], up_gate_t [E, 2I, H], down_t [E, H, I]) -> [T, H]:
@@ -20,7 +24,6 @@
 //     layer) -> q [B, T, nh, hd], kv (in place): the fused projection cut into heads, rotary embedding on q
 //     and k (x * cos + rotate_pairs(x) * sin, pairs (2i, 2i + 1)); k and v written straight into the
 //     layer's KV columns start .. start + T (the buffer the runner shares with the predictor).
-#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -30,113 +33,40 @@
 #include <limits>
 #include <vector>
 
+#include "linear_kernels.h"
 #include "paddle/extension.h"
 
 namespace {
 
-constexpr int64_t kSmallRows = 8;
-constexpr int64_t kBlock = 512;  // k per pass of the batched tiles: 4 weight rows + 8 token rows = 24 KB
-constexpr int64_t kChunk = 64;  // output rows per work item (a multiple of 4: the 4 x 2 tiles)
+using ernie::bf16_bits;
+using ernie::kSmallRows;
+using ernie::linear_into;
 
-inline float hsum(__m256 v) {
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
-}
-
-// dot(a, b) over k floats: four independent accumulators, so loads of b stream at full speed.
+// q . k for attention (float32 both sides) on the selected backend.
 inline float dot(const float* a, const float* b, int64_t k) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-  int64_t i = 0;
-  for (; i + 32 <= k; i += 32) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
-    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
-  }
-  for (; i + 8 <= k; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-  float s = hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-  for (; i < k; ++i) s += a[i] * b[i];
-  return s;
+#ifdef ERNIE_HAVE_AVX2
+  if (!ernie::portable_requested()) return ernie::dot<ernie::Avx2>(a, b, k);
+#endif
+  return ernie::dot<ernie::Portable>(a, b, k);
 }
 
-// y[r, n], y[r + 1, n] for four weight rows n .. n + 3 and two token rows r, r + 1 (r + 1 < m, or xb = xa):
-// eight accumulators, six loads per eight FMAs, so batched decode is not bound by loads.
-void tile4x2(const float* xa, const float* xb, int64_t k, const float* w0, int64_t ldw, float* ya, float* yb) {
-  const float *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-  int64_t i = 0;
-  for (; i + 8 <= k; i += 8) {
-    const __m256 v0 = _mm256_loadu_ps(w0 + i), v1 = _mm256_loadu_ps(w1 + i);
-    const __m256 v2 = _mm256_loadu_ps(w2 + i), v3 = _mm256_loadu_ps(w3 + i);
-    const __m256 xv = _mm256_loadu_ps(xa + i), xw = _mm256_loadu_ps(xb + i);
-    a0 = _mm256_fmadd_ps(xv, v0, a0);
-    a1 = _mm256_fmadd_ps(xv, v1, a1);
-    a2 = _mm256_fmadd_ps(xv, v2, a2);
-    a3 = _mm256_fmadd_ps(xv, v3, a3);
-    b0 = _mm256_fmadd_ps(xw, v0, b0);
-    b1 = _mm256_fmadd_ps(xw, v1, b1);
-    b2 = _mm256_fmadd_ps(xw, v2, b2);
-    b3 = _mm256_fmadd_ps(xw, v3, b3);
-  }
-  float s[8] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3), hsum(b0), hsum(b1), hsum(b2), hsum(b3)};
-  for (; i < k; ++i) {
-    s[0] += xa[i] * w0[i];
-    s[1] += xa[i] * w1[i];
-    s[2] += xa[i] * w2[i];
-    s[3] += xa[i] * w3[i];
-    s[4] += xb[i] * w0[i];
-    s[5] += xb[i] * w1[i];
-    s[6] += xb[i] * w2[i];
-    s[7] += xb[i] * w3[i];
-  }
-  for (int j = 0; j < 4; ++j) ya[j] += s[j];
-  if (yb != ya)
-    for (int j = 0; j < 4; ++j) yb[j] += s[4 + j];
+// The stored format of a weight tensor: float32, or bfloat16 (its raw bits).
+bool is_bf16(const paddle::Tensor& w) {
+  const auto d = w.dtype();
+  PD_CHECK(d == paddle::DataType::FLOAT32 || d == paddle::DataType::BFLOAT16 || d == paddle::DataType::UINT16,
+           "weights must be float32 or bfloat16");
+  return d != paddle::DataType::FLOAT32;
 }
 
-// y[r, n] = dot(x[r, :], wt[n, :]) for output rows n0 .. n1 and token rows r < m. One token row: one
-// sequential stream of weight rows (measured fastest); more: 4 x 2 register tiles, the four weight rows
-// read from memory once and from L1 for the other token rows.
-void gemv_range(const float* x, int64_t m, int64_t k, const float* wt, int64_t n0, int64_t n1, float* y,
-                int64_t ldy) {
-  int64_t n = n0;
-  if (m > 1) {
-    for (; n + 4 <= n1; n += 4) {
-      for (int64_t r = 0; r < m; ++r) std::fill(y + r * ldy + n, y + r * ldy + n + 4, 0.0f);
-      for (int64_t k0 = 0; k0 < k; k0 += kBlock) {  // the 4 weight rows' block and x's stay in L1
-        const int64_t len = std::min(kBlock, k - k0);
-        for (int64_t r = 0; r < m; r += 2) {
-          const bool two = r + 1 < m;
-          tile4x2(x + r * k + k0, x + (two ? r + 1 : r) * k + k0, len, wt + n * k + k0, k, y + r * ldy + n,
-                  y + (two ? r + 1 : r) * ldy + n);
-        }
-      }
-    }
-  }
-  for (; n < n1; ++n)
-    for (int64_t r = 0; r < m; ++r) y[r * ldy + n] = dot(x + r * k, wt + n * k, k);
-}
+const bf16_bits* bf16_data(const paddle::Tensor& w) { return static_cast<const bf16_bits*>(w.data()); }
 
-// The GEMV over all n: each thread one contiguous run of kChunk-row chunks (a static schedule: in the
-// predictor, dynamic hand-out of chunks measured 1.7x slower).
-void gemv(const float* x, int64_t m, int64_t k, const float* wt, int64_t n, float* y) {
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-  const int threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), chunks));
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (int64_t c = 0; c < chunks; ++c) gemv_range(x, m, k, wt, c * kChunk, std::min(n, (c + 1) * kChunk), y, n);
-}
-
-// y [m, n] = x [m, k] @ wt[n, k]^T into y (contiguous): GEMV for few rows, Paddle's matmul otherwise.
-void linear_into(const float* x, int64_t m, int64_t k, const float* wt, int64_t n, float* y) {
-  if (m <= kSmallRows) {
-    gemv(x, m, k, wt, n, y);
-    return;
-  }
-  auto xt = paddle::from_blob(const_cast<float*>(x), {m, k}, paddle::DataType::FLOAT32);
-  auto wv = paddle::from_blob(const_cast<float*>(wt), {n, k}, paddle::DataType::FLOAT32);
-  auto out = paddle::experimental::matmul(xt, wv, false, true);
-  std::memcpy(y, out.data<float>(), sizeof(float) * m * n);
+// linear_into over a weight of either format, ``offset`` elements into it (an expert of a stack).
+void linear_any(const float* x, int64_t m, int64_t k, const paddle::Tensor& wt, int64_t offset, int64_t n,
+                float* y) {
+  if (is_bf16(wt))
+    linear_into(x, m, k, bf16_data(wt) + offset, n, y);
+  else
+    linear_into(x, m, k, wt.data<float>() + offset, n, y);
 }
 
 // out [rows, inter] = silu(gate) * up for h [rows, 2 inter] holding [gate | up].
@@ -156,18 +86,18 @@ std::vector<int64_t> out_shape(const std::vector<int64_t>& x, int64_t n) {
 }  // namespace
 
 std::vector<paddle::Tensor> LinearForward(const paddle::Tensor& x, const paddle::Tensor& wt) {
-  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32 && wt.dtype() == paddle::DataType::FLOAT32,
-           "ernie_linear: float32 only");
+  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, "ernie_linear: float32 x only");
+  const bool bf16 = is_bf16(wt);
   const int64_t k = x.shape().back(), n = wt.shape()[0];
   PD_CHECK(wt.shape().size() == 2 && wt.shape()[1] == k, "ernie_linear: wt must be [N, K]");
   const int64_t m = x.numel() / k;
   auto xc = x.is_contiguous() ? x : x.contiguous();
-  if (m > kSmallRows) {  // straight to MKL, no copy of the output
+  if (m > kSmallRows && !bf16) {  // straight to MKL, no copy of the output
     auto out = paddle::experimental::matmul(paddle::experimental::reshape(xc, {m, k}), wt, false, true);
     return {paddle::experimental::reshape(out, out_shape(x.shape(), n))};
   }
   auto y = paddle::empty(out_shape(x.shape(), n), paddle::DataType::FLOAT32, paddle::CPUPlace());
-  gemv(xc.data<float>(), m, k, wt.data<float>(), n, y.data<float>());
+  linear_any(xc.data<float>(), m, k, wt, 0, n, y.data<float>());
   return {y};
 }
 
@@ -190,7 +120,7 @@ std::vector<paddle::Tensor> LinearAddForward(const paddle::Tensor& x, const padd
   auto rc = residual.is_contiguous() ? residual : residual.contiguous();
   auto y = paddle::empty(residual.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
   float* yp = y.data<float>();
-  linear_into(in, m, k, wt.data<float>(), n, yp);
+  linear_any(in, m, k, wt, 0, n, yp);
   const float* rp = rc.data<float>();
 #pragma omp simd
   for (int64_t i = 0; i < m * n; ++i) yp[i] += rp[i];
@@ -229,9 +159,9 @@ std::vector<paddle::Tensor> MoeExpertsForward(const paddle::Tensor& x, const pad
     act.resize(c * inter);
     out.resize(c * h);
     for (int64_t i = 0; i < c; ++i) std::memcpy(&xe[i * h], xp + rows[e][i].first * h, sizeof(float) * h);
-    linear_into(xe.data(), c, h, up_gate_t.data<float>() + e * two_i * h, two_i, hid.data());
+    linear_any(xe.data(), c, h, up_gate_t, e * two_i * h, two_i, hid.data());
     swiglu_rows(hid.data(), c, inter, act.data());
-    linear_into(act.data(), c, inter, down_t.data<float>() + e * h * inter, h, out.data());
+    linear_any(act.data(), c, inter, down_t, e * h * inter, h, out.data());
     for (int64_t i = 0; i < c; ++i) {
       float* dst = yp + rows[e][i].first * h;
       const float w = rows[e][i].second;

@@ -91,6 +91,19 @@ def checkpoint_digest(folder: str | Path) -> str:
     return hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
 
 
+def weight_formats_entry(formats: dict[str, str]) -> dict:
+    """The manifest's record of the stored weights: ``weight_format`` (of the linears; float32 when the
+    program keeps the model's own weights) and ``weight_formats`` (each stored weight's name -> format)."""
+    linear = sorted({f for name, f in formats.items() if "embed_tokens" not in name}) or ["float32"]
+    return {"weight_format": ",".join(linear), "weight_formats": dict(sorted(formats.items()))}
+
+
+def weight_formats(manifest: dict) -> set[str]:
+    """The formats of an export's stored weights (an export written before formats were recorded:
+    float32)."""
+    return set((manifest.get("weight_formats") or {}).values()) or {manifest.get("weight_format", "float32")}
+
+
 def is_export_folder(path) -> bool:
     return Path(path, MANIFEST).is_file()
 

@@ -11,7 +11,7 @@ writes attention with ``swiglu``, shape-free reshapes and one rotary rotation (a
 and k together: the dygraph forms cost about twice as many small ops per layer. On the 0.3B shape the
 native program has about 175 operations. Parity with dygraph is tested to 1e-5 at every step
 (tests/test_predictor.py). Neither op set changes the model: the native one holds transposed [out, in]
-copies of the linear weights, and both hold float32 copies of quantized linears (dequantized at export).
+copies of the linear weights (float32, or bfloat16 for a bf16 checkpoint: ``NativeOps``), and both hold float32 copies of quantized linears (dequantized at export).
 
 One program serves prefill and decode: the KV buffer ``kv`` [L, 2, B, nkv, C, hd] is an input that the
 runner shares zero-copy with the predictor; the program writes the new tokens' keys/values into columns
@@ -34,6 +34,7 @@ from ernie_paddle.models.ops import EagerOps, using
 from ernie_paddle.quant.linear import QuantLinear, float_weight
 
 PROGRAM_VERSION = 10  # bump when the traced program changes: the export cache keys on it
+WEIGHT_FORMATS = ("float32", "bfloat16")  # formats of the native op set's stored weights
 INPUT_NAMES = ("input_ids", "positions", "key_mask", "start", "logit_index", "kv")
 
 
@@ -130,21 +131,32 @@ class PaddleOps(nn.Layer, EagerOps):
         out = paddle.matmul(probs, kv[i, 1, :, :, :end]).reshape([0, nh, -1, hd]).transpose([0, 2, 1, 3])
         return out.reshape([0, 0, nh * hd])
 
+    def embed(self, embedding, ids):
+        """Rows ``ids`` of the embedding table."""
+        return paddle.gather(embedding.weight, ids)
+
     def head(self, hidden):
         return self._model[0].head(hidden)
 
 
 class NativeOps(nn.Layer, EagerOps):
-    """The compiled CPU operators (``predictor_ops.cc``) over transposed [out, in] float32 copies of every linear
-    weight (routed experts stacked per layer: [E, 2I, H] and [E, H, I]); a tied head is the embedding
-    itself, already [V, H]. The copies are this op set's; the model keeps its own weights."""
+    """The compiled CPU operators (``predictor_ops.cc``) over transposed [out, in] copies of every linear
+    weight (routed experts stacked per layer: [E, 2I, H] and [E, H, I]) in ``weight_format``: float32, or
+    bfloat16 (the stored size of a bf16 checkpoint; the operators widen in registers, exact). A tied head is
+    the embedding itself, already [V, H]: float32 weights use the model's embedding, bfloat16 ones one bf16
+    copy that serves the row gather (widened after it) and the head. ``formats`` maps each stored weight's
+    name to its format. The copies are this op set's; the model keeps its own weights."""
 
     name = "native"
 
-    def __init__(self, model, module):
+    def __init__(self, model, module, weight_format: str = "float32"):
         super().__init__()
-        self.module, self._model = module, [model]
+        if weight_format not in WEIGHT_FORMATS:
+            raise ValueError(f"weight format {weight_format!r} is not one of {WEIGHT_FORMATS}")
+        self.module, self._model, self.weight_format = module, [model], weight_format
         self.weights = nn.ParameterList()
+        self.formats: dict[str, str] = {}
+        self._names = {id(layer): name for name, layer in model.named_sublayers()}
         self._index: dict[int, int] = {}  # id of an original linear -> index of its copy in self.weights
         self._experts: dict[int, tuple[int, int]] = {}  # id of a SparseMoE -> (up_gate, down) indices
         for i, layer in enumerate(model.ernie.layers):
@@ -152,8 +164,9 @@ class NativeOps(nn.Layer, EagerOps):
             if model.config.is_moe_layer(i):
                 if list(mlp.owned) != list(range(mlp.gate.weight.shape[1])):
                     raise ValueError("the native program runs MoE layers that hold all of their experts")
-                self._experts[id(mlp)] = (self._add([m.up_gate_proj for m in mlp.experts]),
-                                          self._add([m.down_proj for m in mlp.experts]))
+                prefix = self._names[id(mlp)] + ".experts"
+                self._experts[id(mlp)] = (self._add([m.up_gate_proj for m in mlp.experts], prefix + ".up_gate_proj"),
+                                          self._add([m.down_proj for m in mlp.experts], prefix + ".down_proj"))
                 mlp = mlp.shared_experts
             linears = [layer.self_attn.qkv_proj, layer.self_attn.o_proj]
             linears += [mlp.up_gate_proj, mlp.down_proj] if mlp is not None else []
@@ -161,11 +174,31 @@ class NativeOps(nn.Layer, EagerOps):
                 self._index[id(lin)] = self._add([lin])
         if not model.config.tie_word_embeddings:
             self._index[id(model.lm_head)] = self._add([model.lm_head])
+        self.table = None  # the bf16 embedding copy (gather and tied head), when the format is bfloat16
+        if weight_format != "float32":
+            emb = model.ernie.embed_tokens.weight
+            self.table = _append(self, self.weights, self._stored(emb))
+            self.formats[self._names[id(model.ernie.embed_tokens)] + ".weight"] = weight_format
+        else:
+            self.formats[self._names[id(model.ernie.embed_tokens)] + ".weight"] = "float32"
 
-    def _add(self, layers) -> int:
-        """Append the transposed (and, for several layers, stacked) float32 weights of ``layers``."""
-        mats = [paddle.transpose(float_weight(lin), [1, 0]) for lin in layers]
+    def _add(self, layers, name: str | None = None) -> int:
+        """Append the transposed (and, for several layers, stacked) weights of ``layers`` in this op set's
+        format: one linear at a time is transposed in float32 and converted, so no float32 copy of more
+        than one linear lives beside the model."""
+        mats = [self._stored(paddle.transpose(float_weight(lin), [1, 0])) for lin in layers]
+        self.formats[name or self._names[id(layers[0])] + ".weight"] = self.weight_format
         return _append(self, self.weights, (mats[0] if len(mats) == 1 else paddle.stack(mats)).contiguous())
+
+    def _stored(self, mat):
+        """``mat`` in this op set's weight format."""
+        return mat if self.weight_format == "float32" else mat.astype(self.weight_format)
+
+    def embed(self, embedding, ids):
+        """Rows ``ids`` of the embedding table, float32."""
+        if self.table is None:
+            return paddle.gather(embedding.weight, ids)
+        return paddle.gather(self.weights[self.table], ids).astype("float32")
 
     def begin(self, config) -> None:
         """No per-trace constants: the operators rotate pairs themselves."""
@@ -201,13 +234,14 @@ class NativeOps(nn.Layer, EagerOps):
     def head(self, hidden):
         model = self._model[0]
         if model.config.tie_word_embeddings:
-            return self.module.ernie_linear(hidden, model.ernie.embed_tokens.weight)
+            table = model.ernie.embed_tokens.weight if self.table is None else self.weights[self.table]
+            return self.module.ernie_linear(hidden, table)
         return self.linear(hidden, model.lm_head)
 
 
 def _append(owner: nn.Layer, params: nn.ParameterList, data) -> int:
     """Append a parameter holding ``data`` to ``owner``'s ``params``; returns its index."""
-    param = owner.create_parameter(data.shape, dtype="float32", default_initializer=nn.initializer.Constant(0.0))
+    param = owner.create_parameter(data.shape, dtype=data.dtype, default_initializer=nn.initializer.Constant(0.0))
     param.set_value(data)
     params.append(param)
     return len(params) - 1
@@ -237,12 +271,14 @@ def _rope(x, cos2, sin2, rotation):
 class StepProgram(nn.Layer):
     """An ``ErnieForCausalLM``'s own forward as one static step function (trace it inside ``using(ops)``)."""
 
-    def __init__(self, model, native_module=None):
-        """``native_module``: the compiled CPU operators (``predictor_ops.get()``), else Paddle's own."""
+    def __init__(self, model, native_module=None, weight_format: str = "float32"):
+        """``native_module``: the compiled CPU operators (``predictor_ops.get()``), else Paddle's own (which
+        keep the model's float32 weights); ``weight_format``: the native op set's linear weights."""
         super().__init__()
         self.model = model
         self.config = model.config
-        self.ops = NativeOps(model, native_module) if native_module is not None else PaddleOps(model)
+        self.ops = (NativeOps(model, native_module, weight_format) if native_module is not None
+                    else PaddleOps(model))
 
     def forward(self, input_ids, positions, key_mask, start, logit_index, kv):
         """Logits [B, K, V] (float32) at ``logit_index`` [K] of the T new tokens.
@@ -259,7 +295,7 @@ class StepProgram(nn.Layer):
         cos2 = paddle.repeat_interleave(cos, 2, axis=-1)
         sin2 = paddle.repeat_interleave(sin, 2, axis=-1)
         # A row gather: Paddle's CPU ``embedding`` kernel took milliseconds per call for one token.
-        x = paddle.gather(ernie.embed_tokens.weight, input_ids.flatten()).reshape([-1, t, cfg.hidden_size])
+        x = ops.embed(ernie.embed_tokens, input_ids.flatten()).reshape([-1, t, cfg.hidden_size])
         x = ernie.decode(x, cos2, sin2, mask, buffer.slots(cfg.num_hidden_layers))
         return ops.head(ops.norm(ernie.norm, paddle.gather(x, logit_index, axis=1)))
 
@@ -272,13 +308,15 @@ def input_specs(config, dtype: str = "float32") -> list[InputSpec]:
             InputSpec([None], "int64", "logit_index"), InputSpec(kv_shape, dtype, "kv")]
 
 
-def save_program(model, prefix: str, dtype: str = "float32", native_module=None) -> str:
-    """Trace ``StepProgram(model, native_module)`` and write ``prefix.json`` + ``prefix.pdiparams`` (PIR);
-    returns the operator set's name. ``model`` is left as it was."""
-    step = StepProgram(model, native_module)
+def save_program(model, prefix: str, dtype: str = "float32", native_module=None,
+                 weight_format: str = "float32") -> tuple[str, dict[str, str]]:
+    """Trace ``StepProgram(model, native_module, weight_format)`` and write ``prefix.json`` +
+    ``prefix.pdiparams`` (PIR); returns the operator set's name and the format of each weight it stores
+    (empty for Paddle's op set: the model's own weights). ``model`` is left as it was."""
+    step = StepProgram(model, native_module, weight_format)
     step.eval()
     specs = input_specs(model.config, dtype)
     static = paddle.jit.to_static(step, input_spec=specs, full_graph=True)
     with using(step.ops):
         paddle.jit.save(static, prefix, input_spec=specs)
-    return step.ops.name
+    return step.ops.name, dict(getattr(step.ops, "formats", {}))

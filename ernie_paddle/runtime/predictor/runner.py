@@ -21,7 +21,7 @@ from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.kernels import predictor_ops
 from ernie_paddle.runtime.predictor import manifest as mf
-from ernie_paddle.runtime.predictor.program import INPUT_NAMES, PROGRAM_VERSION
+from ernie_paddle.runtime.predictor.program import INPUT_NAMES, PROGRAM_VERSION, WEIGHT_FORMATS
 from ernie_paddle.runtime.setup import setup
 
 ONEDNN_NOTE = """oneDNN is off by default on CPU: with it, every decode step changes the key length, so each op
@@ -80,6 +80,11 @@ class Predictor:
             raise ErnieError(f"this export computes in {self.dtype}, which Paddle cannot run on CPU; export "
                              "again with --dtype float32 for CPU", self.folder)
         self.ops = self.manifest["program"].get("ops", "paddle")
+        unknown = mf.weight_formats(self.manifest) - set(WEIGHT_FORMATS)
+        if unknown:
+            raise ErnieError(f"this export stores weights as {', '.join(sorted(unknown))}, which this ernie-paddle "
+                             f"cannot run (it knows {', '.join(WEIGHT_FORMATS)}); export the checkpoint again",
+                             self.folder)
         if self.ops == "native":
             _load_native_ops(self.folder, self.device, self.manifest["program"].get("version"))
         cfg = pdi.Config(str(self.folder / mf.PROGRAM), str(self.folder / mf.PARAMS))
