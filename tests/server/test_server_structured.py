@@ -94,8 +94,10 @@ def test_regex_and_choice_extensions_and_length(client):
     out = client.chat.completions.create(model=MODEL_NAME, messages=ASK, max_tokens=10, n=2, temperature=1.0,
                                          seed=3, extra_body={"structured_outputs": {"choice": ["sunny", "rainy"]}})
     assert all(c.message.content in ("sunny", "rainy") for c in out.choices)
-    out = client.chat.completions.create(model=MODEL_NAME, messages=ASK, max_tokens=3,
-                                         response_format={"type": "json_object"})
+    # an object whose only value needs 50 characters cannot close within 3 tokens: cut off, "length"
+    long_value = {"type": "object", "properties": {"a": {"type": "string", "minLength": 50}}, "required": ["a"]}
+    out = client.chat.completions.create(model=MODEL_NAME, messages=ASK, max_tokens=3, response_format={
+        "type": "json_schema", "json_schema": {"name": "long", "schema": long_value}})
     assert out.choices[0].finish_reason == "length" and out.choices[0].message.content.startswith("{")
 
 
