@@ -44,12 +44,12 @@ def modules() -> dict[str, Path]:
 
 
 def layer_of(module: str) -> int:
+    """The index in LAYERS of the longest prefix of ``module``; -1 when no prefix matches."""
     best, rank = "", -1
     for i, prefixes in enumerate(LAYERS):
         for p in prefixes:
             if (module == p or module.startswith(p + ".")) and len(p) > len(best):
                 best, rank = p, i
-    assert rank >= 0, f"module {module} is in no layer of LAYERS"
     return rank
 
 
@@ -130,8 +130,7 @@ def cycles() -> list[list[str]]:
 
 
 def test_every_module_has_a_layer():
-    for name in modules():
-        layer_of(name)
+    assert [name for name in modules() if layer_of(name) < 0] == []
 
 
 def test_imports_point_down():
