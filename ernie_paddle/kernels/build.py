@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import re
+import warnings
 from pathlib import Path
 
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-wrapv"]  # Paddle adds -fwrapv, which blocks vectorization
@@ -82,7 +83,9 @@ def build(source: Path, name: str):
 def _build(source: Path, name: str):
     import fcntl
 
-    from paddle.utils.cpp_extension import load
+    with warnings.catch_warnings():  # Paddle warns at import that ccache is missing: not the user's concern
+        warnings.filterwarnings("ignore", message="No ccache found")
+        from paddle.utils.cpp_extension import load
 
     folder = _cache_dir(source)
     folder.mkdir(parents=True, exist_ok=True)
