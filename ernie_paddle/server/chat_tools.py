@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ernie_paddle.server.api_errors import APIError
-from ernie_paddle.server.reasoning import OutputParser, starts_in_reasoning
+from ernie_paddle.server.reasoning import CALL_OPEN, RESPONSE_OPEN, OutputParser, starts_in_reasoning
 from ernie_paddle.server.tool_calls import template_tool_calls
 
 RESERVED_TEMPLATE_VARS = ("messages", "tools", "add_generation_prompt", "tokenize", "chat_template", "documents")
 PARSER_CHOICES = ("auto", "ernie", "none")
-TOOL_TEMPLATE_MARKS = ("<response>", "<tool_call>")
+TOOL_TEMPLATE_MARKS = (RESPONSE_OPEN, CALL_OPEN)
 
 
 @dataclass(frozen=True)

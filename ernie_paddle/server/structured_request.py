@@ -8,9 +8,11 @@ import json
 from functools import lru_cache
 
 from ernie_paddle.server.api_errors import APIError
+from ernie_paddle.server.reasoning import CALL_CLOSE, CALL_OPEN
+from ernie_paddle.server.request_bodies import FunctionDef, NamedToolChoice, Tool
 from ernie_paddle.server.structured_output import Grammar, GrammarEngine, GrammarError, TokenConstraint
 
-TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>\n", "\n</tool_call>"
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = CALL_OPEN + "\n", "\n" + CALL_CLOSE  # a forced call, as the model writes it
 _GUIDED = (("json", "json_", "json_schema"), ("regex", "regex", "regex"), ("grammar", "grammar", "grammar"),
            ("choice", "choice", "choice"))  # (name, StructuredOutputs attribute, grammar kind)
 
@@ -26,33 +28,27 @@ def _schema_text(schema, param: str) -> str:
     return json.dumps(schema)
 
 
-def _tool_call_schema(function: dict) -> dict:
-    params = function.get("parameters") or {"type": "object", "properties": {}, "additionalProperties": False}
+def _tool_call_schema(function: FunctionDef) -> dict:
+    params = function.parameters or {"type": "object", "properties": {}, "additionalProperties": False}
     return {"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
-            "properties": {"name": {"const": function["name"]}, "arguments": params}}
+            "properties": {"name": {"const": function.name}, "arguments": params}}
 
 
-def forced_tool_grammar(tools: list[dict] | None, tool_choice) -> Grammar | None:
+def forced_tool_grammar(tools: list[Tool] | None, tool_choice: str | NamedToolChoice | None) -> Grammar | None:
     """ERNIE's ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`` for "required" (any of the
-    tools) or ``{"type": "function", "function": {"name": ...}}`` (that one); None for "auto"/"none"."""
+    tools) or ``{"type": "function", "function": {"name": ...}}`` (that one); None for "auto"/"none".
+    The request body has already checked the shapes of ``tools`` and ``tool_choice``."""
     if tool_choice is None or tool_choice in ("auto", "none"):
         return None
-    tools = [t.model_dump() if hasattr(t, "model_dump") else t for t in tools or []]
-    tool_choice = tool_choice.model_dump() if hasattr(tool_choice, "model_dump") else tool_choice
-    functions = [t.get("function") for t in tools or [] if isinstance(t, dict) and t.get("type") == "function"]
-    functions = [f for f in functions if isinstance(f, dict) and isinstance(f.get("name"), str)]
+    functions = [t.function for t in tools or []]
     if not functions:
         raise APIError(400, "tool_choice asks for a tool call but 'tools' holds no functions", "tool_choice")
-    if tool_choice == "required":
-        chosen = functions
-    elif isinstance(tool_choice, dict) and isinstance((tool_choice.get("function") or {}).get("name"), str):
-        name = tool_choice["function"]["name"]
-        chosen = [f for f in functions if f["name"] == name]
+    chosen = functions
+    if isinstance(tool_choice, NamedToolChoice):
+        name = tool_choice.function.name
+        chosen = [f for f in functions if f.name == name]
         if not chosen:
             raise APIError(400, f"tool_choice names function {name!r}, which is not in 'tools'", "tool_choice")
-    else:
-        raise APIError(400, "tool_choice must be 'none', 'auto', 'required' or "
-                            "{'type': 'function', 'function': {'name': ...}}", "tool_choice")
     schemas = [_tool_call_schema(f) for f in chosen]
     schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
     schema["x-guidance"] = {"whitespace_flexible": False}
