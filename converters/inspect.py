@@ -1,4 +1,5 @@
-"""Describe a checkpoint folder: format, family, dims, layer kinds, parameter counts, dtypes, problems."""
+"""Describe a checkpoint folder: format, family, dims, layer kinds, parameter counts, dtypes, the CPU memory
+of each storage format it can be served in, problems."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import numpy as np
 from converters.expected import expected_tensors
 from converters.rules import is_tied_head_copy, mtp_layers_in
 from converters.tensor_groups import analyse
+from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import open_checkpoint
+from ernie_paddle.planning.memory import human, plan
+from ernie_paddle.quant.config import ONLINE_METHODS
 
 
 def _numel(shape) -> int:
@@ -41,6 +45,19 @@ def parameter_counts(analysis, cfg) -> dict[str, int]:
     return {"total": total, "mtp": mtp, "active": total - mtp - idle}
 
 
+def cpu_memory(cfg) -> dict[str, dict]:
+    """Resident CPU bytes (``--engine auto``) per storage format the checkpoint can be served in: as stored
+    for a quantized or VL checkpoint, else float32, bf16 and each ``--quantization``; ``weights`` and an
+    idle process (weights + runtime, no KV cache). ``{"error": ...}`` when the planner cannot plan it."""
+    text = cfg.family in ("dense", "moe") and not cfg.quantization_config
+    try:
+        plans = [plan(cfg, quantization=q, device="cpu") for q in (("fp32", "bf16", *ONLINE_METHODS) if text else (None,))]
+    except ErnieError as e:
+        return {"error": str(e)}
+    return {p.quantization: {"engine": p.engine, "weights": p.weight_bytes, "resident": p.resident_bytes()}
+            for p in plans}
+
+
 def inspect_checkpoint(path: str | Path) -> dict:
     """A JSON-able report; ``problems`` lists every inconsistency found (empty when clean)."""
     ckpt = open_checkpoint(path)
@@ -69,6 +86,7 @@ def inspect_checkpoint(path: str | Path) -> dict:
         "bytes": ckpt.total_bytes,
         "shards": [f.name for f in ckpt.files],
         "quantization": cfg.quantization_config,
+        "cpu_memory": cpu_memory(cfg),
         "problems": [str(p) for p in analysis.problems],
     }
 
@@ -97,6 +115,12 @@ def format_report(report: dict) -> str:
     ]
     if report["quantization"]:
         lines.append(f"  quantization  {report['quantization']}")
+    memory = report["cpu_memory"]
+    if "error" in memory:
+        lines.append(f"  cpu memory    unknown: {memory['error']}")
+    for i, (fmt, m) in enumerate(() if "error" in memory else memory.items()):
+        lines.append(f"  {'cpu memory' if i == 0 else '':<13} {fmt:<6} weights {human(m['weights'])}, idle process "
+                     f"{human(m['resident'])} ({m['engine']})")
     if report["problems"]:
         lines.append(f"  PROBLEMS ({len(report['problems'])}):")
         lines += [f"    - {msg}" for msg in report["problems"]]

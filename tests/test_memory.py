@@ -1,17 +1,27 @@
-"""Memory planner: parameter totals of the family presets, byte sizes per storage, KV cache, TP, fit, CLI."""
+"""Memory planner: parameter totals of the family presets, byte sizes per storage (as stored and as the CPU
+engines hold them), KV cache, TP, fit, CLI; the CPU figures against the bytes of real checkpoint files."""
 
 import json
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 from helpers import run_cli
 
+from converters.convert import convert
+from converters.inspect import format_report, inspect_checkpoint
+from converters.quantize import quantize
 from ernie_paddle.config.presets import PRESETS, preset_config, preset_name
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
-from ernie_paddle.planning.memory import CPU_RUNTIME_BYTES, GiB, linear_bytes, plan, scheme_for
+from ernie_paddle.io.checkpoint import open_checkpoint
+from ernie_paddle.io.shard_writer import write_tensors
+from ernie_paddle.planning.memory import CPU_RUNTIME_BYTES, GiB, format_rows, plan
+from ernie_paddle.planning.storage import linear_bytes, scheme_for
+from ernie_paddle.quant import wint2
+from ernie_paddle.quant.tensors import quantize_weight
 
 V = 103424
 
@@ -70,6 +80,11 @@ def test_quantized_linear_sizes_follow_the_spec():
     assert linear_bytes(K, N, "wint2", 2) == 2048 * N + 64 * N + N * (2 + 4 + 4)
     assert linear_bytes(100, 130, "fp8", 2) == 13000 + 1 * 2 * 4         # partial blocks round up
     assert linear_bytes(K, N, "bf16", 2) == 2 * K * N and linear_bytes(K, N, "fp32", 2) == 4 * K * N
+    # the CPU kernel form: the same bytes, bf16 per-channel and super scales widened to float32
+    assert linear_bytes(K, N, "wint8", 2, kernel=True) == K * N + 4 * N
+    assert linear_bytes(K, N, "wint4", 2, kernel=True) == K * N // 2 + 4 * N
+    assert linear_bytes(K, N, "wint2", 2, kernel=True) == 2048 * N + 64 * N + N * (4 + 4 + 4)
+    assert linear_bytes(K, N, "fp8", 2, kernel=True) == linear_bytes(K, N, "fp8", 2)
 
 
 def test_weight_bytes_count_all_experts_and_keep_router_fp32():
@@ -88,16 +103,48 @@ def test_0_3b_wint8_by_hand():
     assert p.weight_bytes == quant + high
 
 
-def test_cpu_keeps_unquantized_tensors_in_float32():
+def test_cpu_predictor_holds_stored_formats_and_dygraph_widens():
     cfg = preset_config("0.3B")
+    norms = 18 * 2 * 1024 + 1024
     gpu, cpu = plan(cfg, device="gpu"), plan(cfg, device="cpu")
-    head_copy = 4 * V * 1024                                           # transposed tied head on CPU
     assert gpu.weight_bytes == 2 * gpu.params_total
-    assert cpu.weight_bytes == 4 * cpu.params_total + head_copy and cpu.quantization == "fp32"
+    assert (cpu.engine, cpu.quantization) == ("predictor", "bf16")
+    assert cpu.weight_bytes == 2 * cpu.params_total + 2 * norms               # norms float32 on CPU
+    eager = plan(cfg, device="cpu", engine="dygraph")
+    head_copy = 4 * V * 1024                                           # transposed tied head on CPU
+    assert eager.weight_bytes == 4 * eager.params_total + head_copy and eager.quantization == "fp32"
+    assert eager.activation_bytes_per_rank - cpu.activation_bytes_per_rank == 16 * 4096 * 4096 * 4  # scores
+    assert plan(cfg, device="cpu", tp=2).engine == "dygraph"
+    with pytest.raises(ErnieError, match="plan it for the dygraph engine"):
+        plan(cfg, device="cpu", tp=2, engine="predictor")
     q_gpu, q_cpu = plan(cfg, quantization="wint4", device="gpu"), plan(cfg, quantization="wint4", device="cpu")
-    unquantized = V * 1024 + 18 * 2 * 1024 + 1024
-    assert q_cpu.weight_bytes - q_gpu.weight_bytes == 2 * unquantized  # no head copy when quantized
-    assert q_cpu.activation_bytes_per_rank > cpu.activation_bytes_per_rank  # per-layer dequant workspace
+    outputs = 18 * (2560 + 1024 + 6144 + 1024)                         # one scale per output column
+    assert q_cpu.weight_bytes - q_gpu.weight_bytes == 2 * outputs + 2 * norms   # f32 scales and norms
+    assert q_cpu.weight_bytes - outputs * 4 - 4 * norms == 2 * V * 1024 + 18 * (
+        sum(k * n // 2 for k, n in ((1024, 2560), (2048, 1024), (1024, 6144), (3072, 1024))))
+    vl = plan(preset_config("VL-28B-A3B"), device="cpu")
+    assert vl.engine == "dygraph" and vl.quantization == "fp32"
+
+
+def test_cpu_predictor_skips_mtp_layers():
+    cfg = preset_config("300B-A47B")
+    bare = cfg.replace(num_nextn_predict_layers=0)
+    assert cfg.num_nextn_predict_layers == 1 and plan(cfg).params_mtp > 0
+    for q in ("bf16", "wint4"):
+        assert plan(cfg, quantization=q, device="cpu").weight_bytes == plan(bare, quantization=q, device="cpu").weight_bytes
+        eager = plan(cfg, quantization=q, device="cpu", engine="dygraph")
+        assert eager.weight_bytes > plan(bare, quantization=q, device="cpu", engine="dygraph").weight_bytes
+
+
+def test_21b_a3b_cpu_figures_per_format():
+    rows = format_rows(preset_config("21B-A3B"), device="cpu")
+    gb = {q: r["weight_bytes"] / 1e9 for q, r in rows.items()}
+    assert all(r["engine"] == "predictor" for r in rows.values())
+    assert 43.5 < gb["bf16"] < 43.8 and 87.0 < gb["fp32"] < 87.6      # the release is 43.6 GB of bf16
+    assert 11.2 < gb["wint4"] < 11.6 and 22.0 < gb["wint8"] < 22.3 and 22.0 < gb["fp8"] < 22.3
+    assert 7.9 < gb["wint2"] < 8.4                                     # layers 1-6 experts wint4, the rest wint2
+    kv = 2 * 28 * 4 * 128 * 4 * 4096                                   # float32 KV cache, 4096 tokens
+    assert {r["kv_bytes_per_rank"] for r in rows.values()} == {kv}
 
 
 def test_kv_cache_per_token_and_total():
@@ -157,6 +204,14 @@ def test_cli_json_and_text(tmp_path):
     r = run_cli("memory", folder, "--device", "cpu", "--tp", "2")
     assert r.returncode == 0, r.stderr
     assert "fp32 on cpu, tp=2" in r.stdout and "fits" in r.stdout
+    r = run_cli("memory", "21B-A3B", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "bf16 on cpu, tp=1, predictor engine" in r.stdout
+    table = r.stdout.split("per format:")[1].splitlines()
+    assert [line.split()[0] for line in table[2:]] == ["fp32", "bf16", "wint8", "wint4", "fp8", "wint2"]
+    r = run_cli("memory", "21B-A3B", "--device", "cpu", "--json")
+    rows = json.loads(r.stdout)["formats"]
+    assert rows == format_rows(preset_config("21B-A3B"), device="cpu")
     r = run_cli("memory", "nobody/not-a-model")
     assert r.returncode == 2 and "never downloads" in r.stderr and "Traceback" not in r.stderr
 
@@ -208,6 +263,95 @@ def test_planner_within_15_percent_of_rss(rss_models, model, quant):
     got = json.loads(r.stdout.strip().splitlines()[-1])
     if "unsupported" in got:
         pytest.skip(f"ernie_paddle.load has no quantization option yet (issue 5): {got['unsupported']}")
-    p = plan(ErnieConfig.from_file(folder), quantization=quant, device="cpu")
+    p = plan(ErnieConfig.from_file(folder), quantization=quant, device="cpu", engine="dygraph")  # load()'s default
     assert p.runtime_bytes_per_rank == CPU_RUNTIME_BYTES
     assert abs(p.resident_bytes() / got["rss"] - 1) < 0.15, (p.resident_bytes(), got["rss"])
+
+
+# ---------------------------------------------------------------------------- against checkpoint files
+_SCALES = ("weight_scale", "super_scales", "code_scale", "code_zp")
+
+
+def _held_bytes(folder) -> int:
+    """What the CPU predictor holds of a checkpoint, from its files alone: every tensor as stored, except
+    float vectors (norms, per-channel/super/code scales) and float scale grids, which it widens to
+    float32; no MTP layers, no tied-head copy."""
+    ck = open_checkpoint(folder)
+    total = 0
+    for key in ck.keys():
+        spec = ck.specs[key]
+        if ".mtp_" in key or (key == "lm_head.weight" and ck.config.tie_word_embeddings):
+            continue
+        numel = int(np.prod(spec.shape, dtype=np.int64))
+        widened = spec.dtype in ("BF16", "F16", "F32") and (len(spec.shape) == 1 or key.endswith(_SCALES))
+        total += 4 * numel if widened else spec.nbytes
+    return total
+
+
+def _wint2_mix(src, dst):
+    """The released 2-bit mix on the tiny MoE: wint8 attention/dense/shared, layer-1 experts wint4,
+    layer-2 experts CCQ wint2."""
+    ck = open_checkpoint(src)
+    tensors = {}
+    for key in ck.keys():
+        arr = np.asarray(ck.get(key))
+        if ".mtp_" in key or not (key.startswith("ernie.layers.") and key.endswith("proj.weight")):
+            tensors[key] = arr
+            continue
+        w, prefix = arr.astype(np.float32), key[: -len(".weight")]
+        method = "wint8" if ".experts." not in key else ("wint4" if int(key.split(".")[2]) <= 1 else "wint2")
+        parts = wint2.encode(w, name=key) if method == "wint2" else quantize_weight(method, w)
+        tensors.update({f"{prefix}.{s}": v for s, v in parts.items()})
+    qc = {"dense_quant_type": "wint8", "moe_quant_type": "w4w2", "quantization": "wint2",
+          "moe_quant_config": {"moe_w4_quant_config": {"quant_type": "wint4", "quant_end_layer": 1}}}
+    dst.mkdir()
+    write_tensors(dst, tensors.items(), "paddle")
+    ck.config.replace(quantization_config=qc).write(dst, "paddle")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def format_ckpts(dense_hf, moe_hf, tmp_path_factory):
+    """Paddle checkpoints of the tiny dense and MoE (MTP) models: float32, bf16, and from the bf16 one
+    wint8, wint4, fp8 and (MoE) the WINT2 mix."""
+    root, out = tmp_path_factory.mktemp("formats"), {}
+    for kind, hf in (("dense", dense_hf), ("moe", moe_hf)):
+        for fmt, dtype in (("fp32", "keep"), ("bf16", "bfloat16")):
+            convert(hf, root / f"{kind}-{fmt}", dtype=dtype, quiet=True)
+            out[kind, fmt] = root / f"{kind}-{fmt}"
+        for method in ("wint8", "wint4", "fp8"):
+            quantize(root / f"{kind}-bf16", root / f"{kind}-{method}", method, quiet=True)
+            out[kind, method] = root / f"{kind}-{method}"
+    out["moe", "wint2"] = _wint2_mix(out["moe", "bf16"], root / "moe-wint2")
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "bf16", "wint8", "wint4", "fp8", "wint2"])
+@pytest.mark.parametrize("kind", ["dense", "moe"])
+def test_cpu_weight_bytes_equal_the_checkpoint_tensors_held(format_ckpts, kind, fmt):
+    if (kind, fmt) not in format_ckpts:
+        pytest.skip("the WINT2 mix is a MoE recipe")
+    folder = format_ckpts[kind, fmt]
+    cfg = ErnieConfig.from_file(folder)
+    held = _held_bytes(folder)
+    p = plan(cfg, device="cpu")
+    assert (p.engine, p.quantization) == ("predictor", fmt)
+    assert p.weight_bytes == p.weight_bytes_per_rank == held
+    if fmt in ("wint8", "wint4", "fp8"):  # quantize-on-load of the bf16 checkpoint holds the same bytes
+        bf16 = ErnieConfig.from_file(format_ckpts[kind, "bf16"])
+        assert plan(bf16, quantization=fmt, device="cpu").weight_bytes == held
+    assert inspect_checkpoint(folder)["cpu_memory"][fmt] == {
+        "engine": "predictor", "weights": held, "resident": held + CPU_RUNTIME_BYTES}
+
+
+def test_inspect_reports_cpu_memory_per_format(format_ckpts):
+    report = inspect_checkpoint(format_ckpts["moe", "bf16"])
+    assert list(report["cpu_memory"]) == ["fp32", "bf16", "wint8", "wint4", "fp8"]
+    weights = {q: m["weights"] for q, m in report["cpu_memory"].items()}
+    assert weights["wint4"] < weights["wint8"] < weights["bf16"] < weights["fp32"]
+    text = format_report(report)
+    assert "cpu memory    fp32   weights" in text and "  wint4  weights" in text
+    assert list(inspect_checkpoint(format_ckpts["moe", "wint2"])["cpu_memory"]) == ["wint2"]
+    r = run_cli("inspect", format_ckpts["dense", "wint4"], "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["cpu_memory"]["wint4"]["weights"] == _held_bytes(format_ckpts["dense", "wint4"])

@@ -6,8 +6,9 @@ import json
 
 import click
 
-from ernie_paddle.planning.memory import QUANTIZATIONS, plan, summary_lines
+from ernie_paddle.planning.memory import format_rows, format_table, plan, summary_lines
 from ernie_paddle.planning.model_ref import default_quantization, load_config
+from ernie_paddle.planning.storage import QUANTIZATIONS
 
 
 @click.command("memory")
@@ -19,16 +20,22 @@ from ernie_paddle.planning.model_ref import default_quantization, load_config
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Concurrent sequences.")
 @click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True, help="Tensor-parallel ranks.")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="gpu", show_default=True,
-              help="cpu: unquantized weights are float32 (no bf16 kernels on Paddle CPU).")
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+              help="cpu: the predictor holds every weight in its stored format (bf16 2 bytes, quantized "
+                   "formats compact); the dygraph engine (VL, --tp) widens unquantized weights to float32.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (per-format rows under \"formats\").")
 def memory(model, quantization, context, batch, tp, device, as_json):
     """Memory needed to serve MODEL (a folder, a cached repo id, or a family: 0.3B, 21B-A3B, 300B-A47B,
-    VL-28B-A3B, VL-424B-A47B); counts ALL experts of an MoE model."""
+    VL-28B-A3B, VL-424B-A47B); counts ALL experts of an MoE model, and compares every storage format."""
     cfg = load_config(model)
     if quantization is None and not cfg.quantization_config:
         quantization = default_quantization(model)
-    p = plan(cfg, quantization=quantization, context=context, batch=batch, tp=tp, device=device, model=model)
-    click.echo(json.dumps(p.to_dict(), indent=2) if as_json else "\n".join(summary_lines(p)))
+    options = dict(context=context, batch=batch, tp=tp, device=device)
+    p = plan(cfg, quantization=quantization, model=model, **options)
+    rows = format_rows(cfg, **options)
+    if as_json:
+        click.echo(json.dumps({**p.to_dict(), "formats": rows}, indent=2))
+    else:
+        click.echo("\n".join([*summary_lines(p), "", "per format:", *format_table(rows)]))
 
 
 COMMANDS = [memory]

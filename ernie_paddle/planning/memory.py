@@ -5,12 +5,20 @@ routed experts are divided whole (expert parallel, ``ceil(E/tp)`` per rank); emb
 vocab-parallel (``ceil(V/tp)`` rows); norms, routers, correction bias, MTP projection and the vision tower
 are replicated. KV heads are divided while ``tp <= kv_heads``, then replicated (one per rank).
 
-CPU: Paddle CPU has no bf16 kernels, so unquantized tensors are resident in float32 whatever the
-checkpoint dtype; quantized storage stays compact and each layer is dequantized to float32 when used.
-A tied head also gets a transposed float32 copy on CPU (``ErnieForCausalLM.cache_head_transpose``), except in
-quantized models, which keep memory low instead (eager engine; the predictor's CPU export has no copy, so
-the figure is an upper bound for it).
-GPU: unquantized tensors stay in the checkpoint dtype (bf16); routers and correction bias are fp32.
+How each engine holds the weights (``Holding``, per memory kind of ``converters.rules``):
+- CPU predictor (what ``--engine auto``, the CLI default, runs for a text model on one rank): every weight
+  in its stored format. Linears in the scheme's format: bf16 2 bytes, quantized ones in the compiled
+  operators' kernel form (the checkpoint's bytes, bf16 per-channel and super scales widened to float32:
+  ``linear_bytes(..., kernel=True)``); the embedding and an untied head in the checkpoint's float format
+  (a tied head is the embedding itself); norms, routers and the correction bias float32; no MTP layers
+  (the step program does not use them); KV cache float32; the attention operator streams the keys (no
+  [T, S] score matrix).
+- CPU dygraph (VL models, ``--tp``, ``engine="dygraph"``): Paddle CPU has no bf16 kernels, so every
+  unquantized tensor is float32; quantized linears in the kernel form. A tied head also gets a transposed
+  float32 copy (``ErnieForCausalLM.cache_head_transpose``) unless the model is quantized; eager attention
+  holds the score matrix.
+- GPU: unquantized tensors in the checkpoint dtype (bf16), quantized linears as the checkpoint stores them;
+  routers and correction bias float32.
 """
 
 from __future__ import annotations
@@ -19,11 +27,20 @@ from dataclasses import asdict, dataclass, field
 
 from converters.expected import Entry, tensor_entries
 from converters.layout_ops import GATE_UP, GATE_UP_BIAS, LM_HEAD, QKV, QKV_BIAS
-from converters.rules import EMBED, EXPERT, FP32, ROW, is_correction_bias
+from converters.rules import EMBED, EXPERT, FP32, NORM, ROW, VISION, is_correction_bias
 from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
+from ernie_paddle.planning.storage import (
+    QUANTIZATIONS,
+    Holding,
+    Scheme,
+    cdiv,
+    engine_for,
+    holding,
+    linear_bytes,
+    scheme_for,
+)
 
-QUANTIZATIONS = ("fp32", "bf16", "wint8", "wint4", "fp8", "wint2")
 GiB = 1 << 30
 # (nominal GB, names): cards hold about that many GiB; GPU_USABLE of it is usable (reserve, fragmentation).
 GPUS = ((16, "T4 / V100 16GB"), (24, "L4 / A10 / RTX 4090"), (40, "A100 40GB"),
@@ -35,61 +52,6 @@ HOST_USABLE = 0.85
 CPU_RUNTIME_BYTES = 320 << 20   # Python + paddle + ernie_paddle (300 MiB RSS measured after loading a tiny model)
 GPU_RUNTIME_BYTES = 1 << 30     # CUDA context and allocator reserve, per rank
 GPU_HOST_RUNTIME_BYTES = 2 << 30  # host RSS of a paddle-gpu process before any weight
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """Storage of decoder linears: ``dense`` for attention/dense/shared MLP, ``moe`` for routed experts;
-    routed experts in MoE layers <= ``moe_w4_end`` use wint4 (the WINT2 release recipe)."""
-
-    dense: str
-    moe: str
-    moe_w4_end: int = -1
-
-    @property
-    def quantized(self) -> bool:
-        return self.dense not in ("fp32", "bf16") or self.moe not in ("fp32", "bf16")
-
-    @property
-    def name(self) -> str:
-        return self.dense if self.dense == self.moe else ("wint2" if self.moe == "wint2" else
-                                                            f"{self.dense}+{self.moe}")
-
-
-def scheme_for(quantization: str | None, cfg: ErnieConfig) -> Scheme:
-    """The scheme a ``--quantization`` name means, or (None) what the config declares."""
-    if quantization is None:
-        return _scheme_from_config(cfg)
-    if quantization not in QUANTIZATIONS:
-        raise ErnieError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
-    if quantization == "wint2":
-        return Scheme("wint8", "wint2", _w4_end(cfg.quantization_config or {}))
-    return Scheme(quantization, quantization)
-
-
-_QNAMES = {"block_wise_fp8": "fp8", "fp8": "fp8", "wint8": "wint8", "wint4": "wint4", "w4w2": "wint2",
-           "wint2": "wint2"}
-
-
-def _scheme_from_config(cfg: ErnieConfig) -> Scheme:
-    qc = cfg.quantization_config
-    if not qc:
-        return Scheme(*(["fp32"] * 2)) if cfg.dtype == "float32" else Scheme("bf16", "bf16")
-    q = qc.get("quantization") or qc.get("quant_method")
-    if q == "wint2":
-        return Scheme("wint8", "wint2", _w4_end(qc))
-    if q == "mix_quant":
-        dense, moe = _QNAMES.get(qc.get("dense_quant_type")), _QNAMES.get(qc.get("moe_quant_type"))
-        if dense and moe:
-            return Scheme(dense, moe, _w4_end(qc) if moe == "wint2" else -1)
-    elif q in _QNAMES:
-        return Scheme(_QNAMES[q], _QNAMES[q])
-    raise ErnieError(f"quantization_config {qc} is not one the planner knows; pass --quantization")
-
-
-def _w4_end(qc: dict) -> int:
-    w4 = (qc.get("moe_quant_config") or {}).get("moe_w4_quant_config") or {}
-    return int(w4.get("quant_end_layer", 6))
 
 
 @dataclass(frozen=True)
@@ -112,10 +74,6 @@ class Tensor:
     @property
     def active_params(self) -> int:
         return self.k * self.n * (self.count if self.active < 0 else self.active)
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def inventory(cfg: ErnieConfig, tp: int = 1) -> list[Tensor]:
@@ -156,15 +114,15 @@ def _rank_tensor(e: Entry, count: int, cfg: ErnieConfig, tp: int) -> Tensor:
     rule = e.rule
     k, n = e.shape if len(e.shape) == 2 else (1, e.shape[0])
     if rule.kind == EXPERT:
-        count = _cdiv(count, tp)
+        count = cdiv(count, tp)
     elif rule.op in (QKV, QKV_BIAS):
         n = (cfg.num_attention_heads // tp + 2 * max(1, cfg.num_key_value_heads // tp)) * cfg.head_dim
     elif rule.op in (GATE_UP, GATE_UP_BIAS):
-        n = 2 * _cdiv(n // 2, tp)
+        n = 2 * cdiv(n // 2, tp)
     elif rule.tp == ROW and len(e.shape) == 2:
-        k = _cdiv(k, tp)
+        k = cdiv(k, tp)
     elif rule.kind == EMBED:
-        k, n = (k, _cdiv(n, tp)) if rule.op == LM_HEAD else (_cdiv(k, tp), n)
+        k, n = (k, cdiv(n, tp)) if rule.op == LM_HEAD else (cdiv(k, tp), n)
     if e.mtp or e.vision:
         active = 0
     elif rule.kind == EXPERT:
@@ -177,40 +135,20 @@ def _rank_tensor(e: Entry, count: int, cfg: ErnieConfig, tp: int) -> Tensor:
 
 
 # --------------------------------------------------------------------------- bytes
-def linear_bytes(k: int, n: int, q: str, hp: int) -> int:
-    """Bytes of one [k, n] linear stored as ``q`` (spec/quantized_formats.md); ``hp`` for fp32/bf16."""
-    if q == "fp32":
-        return 4 * k * n
-    if q == "bf16":
-        return hp * k * n
-    if q == "wint8":
-        return k * n + 2 * n
-    if q == "wint4":
-        return _cdiv(k * n, 2) + 2 * n
-    if q == "fp8":
-        return k * n + 4 * _cdiv(k, 128) * _cdiv(n, 128)
-    if q == "wint2":  # quant_weight [K/4,N] u8, local scales [K/128,N] u8, super bf16, code scale/zp f32
-        return _cdiv(k, 4) * n + _cdiv(k, 128) * n + 2 * n + 8 * n
-    raise ErnieError(f"unknown storage {q!r}")
-
-
-def tensor_bytes(t: Tensor, scheme: Scheme, hp: int, count: int | None = None) -> int:
+def tensor_bytes(t: Tensor, scheme: Scheme, held: Holding, count: int | None = None) -> int:
+    """Bytes of ``count`` (default: all) of the tensors ``t`` stands for, held as ``held`` says."""
     count = t.count if count is None else count
-    if t.kind == "fp32":
+    if t.mtp and not held.mtp:
+        return 0
+    if t.kind == FP32:
         return 4 * t.k * t.n * count
-    if t.kind in ("embed", "norm", "vision"):
-        return hp * t.k * t.n * count
+    per_element = {EMBED: held.embed, NORM: held.norm, VISION: held.vision}.get(t.kind)
+    if per_element is not None:
+        return per_element * t.k * t.n * count
     q = scheme.dense
-    if t.kind == "expert":
+    if t.kind == EXPERT:
         q = "wint4" if scheme.moe == "wint2" and t.layer <= scheme.moe_w4_end else scheme.moe
-    return linear_bytes(t.k, t.n, q, hp) * count
-
-
-def _hp(scheme: Scheme, device: str, cfg: ErnieConfig) -> int:
-    """Bytes per element of unquantized tensors on ``device``."""
-    if device == "cpu" or scheme.dense == "fp32" or cfg.dtype == "float32":
-        return 4
-    return 2
+    return linear_bytes(t.k, t.n, q, held.linear, held.kernel) * count
 
 
 # --------------------------------------------------------------------------- plan
@@ -221,6 +159,7 @@ class MemoryPlan:
     model: str
     family: str
     device: str
+    engine: str
     quantization: str
     tp: int
     context: int
@@ -251,44 +190,49 @@ class MemoryPlan:
 
 
 def plan(cfg: ErnieConfig, *, quantization: str | None = None, context: int = 4096, batch: int = 1,
-         tp: int = 1, device: str = "gpu", model: str = "") -> MemoryPlan:
-    """MemoryPlan memory for ``cfg`` served with ``batch`` sequences of ``context`` tokens on ``tp`` ranks."""
+         tp: int = 1, device: str = "gpu", engine: str = "auto", model: str = "") -> MemoryPlan:
+    """MemoryPlan memory for ``cfg`` served with ``batch`` sequences of ``context`` tokens on ``tp`` ranks
+    by ``engine`` (see ``engine_for``)."""
     if device not in ("cpu", "gpu"):
         raise ErnieError(f"--device must be cpu or gpu, not {device!r}")
     if context < 1 or batch < 1:
         raise ErnieError("--context and --batch must be positive")
     scheme = scheme_for(quantization, cfg)
-    hp, disk_hp = _hp(scheme, device, cfg), 4 if cfg.dtype == "float32" else 2
-    disk = scheme if scheme.quantized else Scheme("bf16", "bf16")  # as stored: checkpoint dtype
+    engine = engine_for(cfg, scheme, device, tp, engine)
+    held = holding(cfg, scheme, device, engine)
+    stored = 4 if cfg.dtype == "float32" else 2
+    disk, disk_scheme = Holding(stored, stored, stored, stored), scheme if scheme.quantized else Scheme("bf16", "bf16")
     whole, rank = inventory(cfg, 1), inventory(cfg, tp)
-    kv_b = 4 if hp == 4 else 2
+    wide = device == "cpu" or held.linear == 4  # KV cache and activations in float32
+    kv_b = 4 if wide else 2
     kv_heads = max(1, cfg.num_key_value_heads // tp)
     kv_tok = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * kv_b
     kv_tok_rank = 2 * cfg.num_hidden_layers * kv_heads * cfg.head_dim * kv_b
-    copies_head = device == "cpu" and cfg.tie_word_embeddings and not scheme.quantized  # see loading.load
-    head_copy = hp * _cdiv(cfg.vocab_size, tp) * cfg.hidden_size if copies_head else 0
-    weights_rank = sum(tensor_bytes(t, scheme, hp) for t in rank) + head_copy
-    act = _activations(cfg, rank, scheme, hp, device, tp, context, batch)
+    dygraph_cpu = device == "cpu" and engine == "dygraph"
+    copies_head = dygraph_cpu and cfg.tie_word_embeddings and not scheme.quantized  # see runtime.text
+    head_copy = 4 * cdiv(cfg.vocab_size, tp) * cfg.hidden_size if copies_head else 0
+    weights_rank = sum(tensor_bytes(t, scheme, held) for t in rank) + head_copy
+    act = _activations(cfg, 4 if wide else 2, dygraph_cpu, tp, context, batch)
     runtime = CPU_RUNTIME_BYTES if device == "cpu" else GPU_RUNTIME_BYTES
     kv_rank = kv_tok_rank * context * batch
     total = weights_rank + kv_rank + act + runtime
     # GPU host side: the runtime plus two float32 copies of the largest tensor (the loader streams groups).
     staging = 2 * 4 * max(t.k * t.n for t in rank)
     host = total if device == "cpu" else GPU_HOST_RUNTIME_BYTES + staging
-    name = scheme.name if scheme.quantized or device == "gpu" else "fp32"  # CPU computes in float32
-    p = MemoryPlan(model=model, family=cfg.family, device=device, quantization=name, tp=tp,
-             context=context, batch=batch,
-             params_total=sum(t.params for t in whole),
-             params_active=sum(t.active_params for t in whole),
-             params_mtp=sum(t.params for t in whole if t.mtp),
-             params_vision=sum(t.params for t in whole if t.kind == "vision"),
-             checkpoint_bytes=sum(tensor_bytes(t, disk, disk_hp) for t in whole),
-             weight_bytes=sum(tensor_bytes(t, scheme, hp) for t in whole) + head_copy * tp,
-             weight_bytes_per_rank=weights_rank,
-             active_weight_bytes_per_token=sum(tensor_bytes(t, scheme, hp, _active(t)) for t in whole),
-             kv_bytes_per_token=kv_tok, kv_bytes=kv_tok * context * batch, kv_bytes_per_rank=kv_rank,
-             activation_bytes_per_rank=act, runtime_bytes_per_rank=runtime, total_bytes_per_rank=total,
-             host_bytes_per_rank=host)
+    name = "fp32" if dygraph_cpu and not scheme.quantized else scheme.name  # dygraph CPU computes in float32
+    p = MemoryPlan(model=model, family=cfg.family, device=device, engine=engine, quantization=name, tp=tp,
+                   context=context, batch=batch,
+                   params_total=sum(t.params for t in whole),
+                   params_active=sum(t.active_params for t in whole),
+                   params_mtp=sum(t.params for t in whole if t.mtp),
+                   params_vision=sum(t.params for t in whole if t.kind == VISION),
+                   checkpoint_bytes=sum(tensor_bytes(t, disk_scheme, disk) for t in whole),
+                   weight_bytes=sum(tensor_bytes(t, scheme, held) for t in whole) + head_copy * tp,
+                   weight_bytes_per_rank=weights_rank,
+                   active_weight_bytes_per_token=sum(tensor_bytes(t, scheme, held, _active(t)) for t in whole),
+                   kv_bytes_per_token=kv_tok, kv_bytes=kv_tok * context * batch, kv_bytes_per_rank=kv_rank,
+                   activation_bytes_per_rank=act, runtime_bytes_per_rank=runtime, total_bytes_per_rank=total,
+                   host_bytes_per_rank=host)
     p.fit = fit(p, cfg, quantization)
     return p
 
@@ -297,26 +241,19 @@ def _active(t: Tensor) -> int:
     return t.count if t.active < 0 else t.active
 
 
-def _activations(cfg, rank, scheme, hp, device, tp, context, batch) -> int:
-    """Peak workspace of one layer while prefilling ``batch`` x ``context`` tokens on one rank."""
-    act_b = 4 if hp == 4 else 2
+def _activations(cfg, act_b: int, eager_scores: bool, tp: int, context: int, batch: int) -> int:
+    """Peak workspace of one layer while prefilling ``batch`` x ``context`` tokens on one rank; the compiled
+    kernels decode quantized weights in registers (no dequantized copy), and only eager CPU attention
+    (``eager_scores``) holds the float32 score matrix."""
     heads, kv = cfg.num_attention_heads // tp, max(1, cfg.num_key_value_heads // tp)
-    mlp = _cdiv(cfg.intermediate_size, tp)
+    mlp = cdiv(cfg.intermediate_size, tp)
     if cfg.is_moe:
-        mlp = max(mlp, _cdiv((cfg.moe_k + cfg.moe_num_shared_experts) * cfg.moe_intermediate_size, tp))
+        mlp = max(mlp, cdiv((cfg.moe_k + cfg.moe_num_shared_experts) * cfg.moe_intermediate_size, tp))
     h, hd, tokens = cfg.hidden_size, cfg.head_dim, batch * context
     per_token = 3 * h + (2 * heads + 2 * kv) * hd + 3 * mlp
-    scores = batch * heads * context * context * 4 if device == "cpu" else 0  # eager CPU attention
-    logits = batch * _cdiv(cfg.vocab_size, tp) * 4
-    dequant = 0
-    if device == "cpu" and scheme.quantized:  # one layer's used linears dequantized to float32
-        per_layer: dict[int, int] = {}
-        for t in rank:
-            if t.kind == "expert":
-                per_layer[t.layer] = per_layer.get(t.layer, 0) + 4 * t.k * t.n * max(t.active, 0)
-        shared = sum(4 * t.k * t.n for t in rank if t.kind == "linear" and not t.mtp)
-        dequant = shared // max(1, cfg.num_hidden_layers) + max(per_layer.values(), default=0)
-    return tokens * per_token * act_b + scores + logits + dequant
+    scores = batch * heads * context * context * 4 if eager_scores else 0
+    logits = batch * cdiv(cfg.vocab_size, tp) * 4
+    return tokens * per_token * act_b + scores + logits
 
 
 def fit(p: MemoryPlan, cfg: ErnieConfig, quantization: str | None) -> dict:
@@ -351,14 +288,15 @@ def human(n: float) -> str:
     return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n / 1024:.1f} KiB"
 
 
+def _fit_text(f: dict) -> str:
+    text = f"{f['count']} x {f['name']}" if f.get("kind") == "gpu" else f["name"]
+    return text + (f" (try --tp {f['min_tp']})" if f.get("min_tp") else "")
+
+
 def summary_lines(p: MemoryPlan) -> list[str]:
     """Human-readable planner output."""
-    f = p.fit
-    fit_text = (f"{f['count']} x {f['name']}" if f.get("kind") == "gpu" else f["name"])
-    if f.get("min_tp"):
-        fit_text += f" (try --tp {f['min_tp']})"
     return [
-        f"model            {p.model} ({p.family}), {p.quantization} on {p.device}, tp={p.tp}",
+        f"model            {p.model} ({p.family}), {p.quantization} on {p.device}, tp={p.tp}, {p.engine} engine",
         f"parameters       {p.params_total / 1e9:.2f}B total, {p.params_active / 1e9:.2f}B active per token"
         f" (MTP {p.params_mtp / 1e9:.2f}B, vision {p.params_vision / 1e9:.2f}B)",
         f"checkpoint       {human(p.checkpoint_bytes)}",
@@ -369,5 +307,27 @@ def summary_lines(p: MemoryPlan) -> list[str]:
         f"activations      {human(p.activation_bytes_per_rank)}/rank (prefill peak)",
         f"runtime          {human(p.runtime_bytes_per_rank)}/rank",
         f"total per rank   {human(p.total_bytes_per_rank)} (host {human(p.host_bytes_per_rank)})",
-        f"fits             {fit_text}",
+        f"fits             {_fit_text(p.fit)}",
     ]
+
+
+ROW_FIELDS = ("quantization", "engine", "weight_bytes", "weight_bytes_per_rank", "kv_bytes_per_rank",
+              "activation_bytes_per_rank", "runtime_bytes_per_rank", "total_bytes_per_rank", "fit")
+
+
+def format_rows(cfg: ErnieConfig, formats: tuple[str, ...] = QUANTIZATIONS, **options) -> dict[str, dict]:
+    """``ROW_FIELDS`` of the plan for each storage format in ``formats`` (``options``: ``plan``'s, but
+    ``quantization``)."""
+    return {q: {k: getattr(p, k) for k in ROW_FIELDS}
+            for q in formats for p in (plan(cfg, quantization=q, **options),)}
+
+
+def format_table(rows: dict[str, dict]) -> list[str]:
+    """``format_rows`` as text, one line per format; a format the engine widens shows both (bf16>fp32)."""
+    lines = [f"{'format':<10} {'weights/rank':>12} {'kv/rank':>11} {'workspace':>11} {'total/rank':>11}  fits"]
+    for q, r in rows.items():
+        label = q if r["quantization"] == q else f"{q}>{r['quantization']}"
+        work = r["activation_bytes_per_rank"] + r["runtime_bytes_per_rank"]
+        lines.append(f"{label:<10} {human(r['weight_bytes_per_rank']):>12} {human(r['kv_bytes_per_rank']):>11} "
+                     f"{human(work):>11} {human(r['total_bytes_per_rank']):>11}  {_fit_text(r['fit'])}")
+    return lines
