@@ -17,8 +17,9 @@ import sys
 import yaml
 
 from ernie_paddle.errors import ErnieError
-from ernie_paddle.planning.memory import QUANTIZATIONS, MemoryPlan, plan
+from ernie_paddle.planning.memory import MemoryPlan, plan
 from ernie_paddle.planning.model_ref import default_quantization, load_config
+from ernie_paddle.planning.storage import QUANTIZATIONS
 
 PORT = 8000
 MASTER_PORT = 8090

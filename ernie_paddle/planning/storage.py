@@ -122,7 +122,7 @@ def engine_for(cfg: ErnieConfig, scheme: Scheme, device: str, tp: int, engine: s
 
 
 def holding(cfg: ErnieConfig, scheme: Scheme, device: str, engine: str) -> Holding:
-    """How ``engine`` on ``device`` holds ``cfg``'s weights under ``scheme`` (see the module docstring)."""
+    """How ``engine`` on ``device`` holds ``cfg``'s weights under ``scheme`` (the rules: ``planning.memory``)."""
     stored = 4 if cfg.dtype == "float32" else 2
     if device == "gpu":
         hp = 4 if scheme.dense == "fp32" else stored
