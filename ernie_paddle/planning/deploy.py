@@ -52,6 +52,10 @@ def render(model: str, *, name: str = "ernie", image: str | None = None, model_d
     if quantization is None and not cfg.quantization_config:
         quantization = default_quantization(model)
     p = plan(cfg, quantization=quantization, context=context, batch=batch, tp=tp, device=device, model=model)
+    first_start = None
+    if p.engine == "predictor":  # the first start exports in the serving process: the dygraph model + the
+        first_start = plan(cfg, quantization=quantization, context=context, batch=batch, tp=tp, device=device,
+                           model=model, engine="dygraph").host_bytes_per_rank + p.host_bytes_per_rank
     per_node = min(tp, gpus_per_node)
     if tp % per_node:
         raise ErnieError(f"--tp {tp} is not a multiple of --gpus-per-node {gpus_per_node}")
@@ -66,7 +70,7 @@ def render(model: str, *, name: str = "ernie", image: str | None = None, model_d
                 "OMP_NUM_THREADS": str(cpu), "HOME": "/tmp"}
     docs = [_meta("v1", "ConfigMap", f"{name}-settings", labels, data=settings),
             _pvc(name, labels, p, storage_class, shared=nnodes > 1)]
-    pod = _pod_spec(name, labels, image, p, device, per_node, nnodes, cpu)
+    pod = _pod_spec(name, labels, image, p, device, per_node, nnodes, cpu, first_start)
     if tp == 1:
         docs.append(_meta("apps/v1", "Deployment", name, labels, spec={
             "replicas": 1, "strategy": {"type": "Recreate"},
@@ -121,10 +125,11 @@ def _probe(period: int, failures: int) -> dict:
             "failureThreshold": failures}
 
 
-def _pod_spec(name, labels, image, p: MemoryPlan, device, per_node, nnodes, cpu) -> dict:
+def _pod_spec(name, labels, image, p: MemoryPlan, device, per_node, nnodes, cpu, first_start=None) -> dict:
+    """``first_start``: host bytes of the first start's export (predictor engine), which the limit covers."""
     mem = memory_request(p, per_node)
     resources = {"requests": {"cpu": str(cpu), "memory": mib(mem)},
-                 "limits": {"memory": mib(int(mem * 1.2))}}
+                 "limits": {"memory": mib(int(max(mem, first_start or 0) * 1.2))}}
     if device == "gpu":
         resources["requests"]["nvidia.com/gpu"] = resources["limits"]["nvidia.com/gpu"] = str(per_node)
     env = [{"name": "POD_INDEX", "valueFrom": {"fieldRef": {
