@@ -142,6 +142,7 @@ def test_quantized_export_is_the_checkpoint_size(quantized, bf16_source, tmp_pat
         assert formats["ernie.embed_tokens.weight"] == formats["lm_head.weight"] == "bfloat16"
     weight_bytes = open_checkpoint(folder).total_bytes
     params = (out / "step.pdiparams").stat().st_size
+    print(f"\n{method}: step.pdiparams {params} bytes, checkpoint weights {weight_bytes} bytes")
     assert abs(params / weight_bytes - 1) <= 0.05, (params, weight_bytes)
 
 

@@ -177,7 +177,7 @@ def write_wint2_mix(source, root):
     out = {}
     for name, tensors, qc in (("wint2", quant, _wint2_config(1)), ("twin", twin, None)):
         folder = root / name
-        folder.mkdir()
+        folder.mkdir(parents=True)
         write_tensors(folder, tensors.items(), "paddle")
         src.config.replace(quantization_config=qc).write(folder, "paddle")
         out[name] = folder

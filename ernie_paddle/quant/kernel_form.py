@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ernie_paddle.kernels.predictor_ops import FORMAT_CODES
 from ernie_paddle.quant import fp8
 from ernie_paddle.quant.tensors import dequantize_weight
 
-FORMAT_CODES = {"float32": 0, "bfloat16": 1, "wint8": 2, "wint4": 3, "fp8": 4, "wint2": 5}  # operator ``fmt``
+__all__ = ["FORMAT_CODES", "dequantize", "from_kernel_form", "runs_compiled", "to_kernel_form"]
 SCALE_NAMES = {"wint8": ("weight_scale",), "wint4": ("weight_scale",), "fp8": ("weight_scale",),
                "wint2": ("weight_scale", "super_scales", "code_scale", "code_zp")}
 SCALE_SLOTS = 4  # S0 .. S3: unused slots take a dummy float32 [1]

@@ -151,7 +151,7 @@ class NativeOps(nn.Layer, EagerOps):
 
     def __init__(self, model, module, weight_format: str = "float32", activations: str = "float32"):
         super().__init__()
-        self.module, self._model = module, [model]
+        self.module = module
         self.stored = StoredWeights(model, weight_format, activations)
         self.formats = self.stored.formats
 
@@ -193,8 +193,8 @@ class NativeOps(nn.Layer, EagerOps):
                                              *down.tensors, up_gate.fmt, up_gate.int8_act)
 
     def head(self, hidden):
-        model = self._model[0]
-        return self.linear(hidden, model if model.config.tie_word_embeddings else model.lm_head)
+        s = self.stored.head
+        return self.module.ernie_linear(hidden, *s.tensors, s.fmt, s.int8_act)
 
 
 def _append(owner: nn.Layer, params: nn.ParameterList, data) -> int:

@@ -44,7 +44,8 @@ class Stored:
 
 class StoredWeights(nn.Layer):
     """Every linear of ``model`` the native program multiplies by, by the id of its layer (a SparseMoE's id
-    for its routed experts, the model's id for a tied head), and ``formats``: stored weight name -> format."""
+    for its routed experts: an (up_gate, down) pair), the ``head`` (a tied one is the embedding ``table``),
+    and ``formats``: stored weight name -> format."""
 
     def __init__(self, model, float_format: str = "float32", activations: str = "float32"):
         super().__init__()
@@ -81,10 +82,9 @@ class StoredWeights(nn.Layer):
         self.table = embed.weight if float_format == "float32" else self._keep(embed.weight.astype(float_format))
         self.formats[self._names[id(embed)] + ".weight"] = float_format
         if model.config.tie_word_embeddings:
-            self._stored[id(model)] = Stored((self.table, *[self.dummy] * SCALE_SLOTS),
-                                             FORMAT_CODES[float_format], False)
+            self.head = Stored((self.table, *[self.dummy] * SCALE_SLOTS), FORMAT_CODES[float_format], False)
         else:
-            self._stored[id(model)] = self._add([model.lm_head])
+            self.head = self._add([model.lm_head])
 
     def __getitem__(self, layer) -> Stored:
         return self._stored[id(layer)]
