@@ -196,3 +196,83 @@ def test_moe_experts_check_each_stack(ops):
     with pytest.raises(Exception, match="expert id out of range"):
         ops.ernie_moe_experts(x, paddle.to_tensor([[0], [3]], dtype="int64"), w, *as_inputs(ug), *as_inputs(dn),
                               CODE["wint8"], False)
+
+
+def quantize_activations(x):
+    """numpy model of the int8 activation mode: per row and block of 32 values scale = absmax / 127 and
+    q = round-half-even(x * (1 / scale)), float32 math; returns (q as float64 [rows, k], scales [rows, blocks])."""
+    blocks = -(-x.shape[1] // 32)
+    q, scales = np.zeros(x.shape), np.zeros((x.shape[0], blocks), np.float32)
+    for b in range(blocks):
+        part = x[:, 32 * b: 32 * b + 32]
+        d = np.abs(part).max(axis=1) / np.float32(127)
+        inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, np.float32(1)), np.float32(0)).astype(np.float32)
+        q[:, 32 * b: 32 * b + 32] = np.clip(np.rint(part * inv[:, None]), -127, 127)
+        scales[:, b] = d
+    return q, scales
+
+
+def _blockwise(scales, values):
+    """sum_b scales[:, b] * values_b, values_b the [rows, n] terms of the 32-row blocks of a [k, ...] product."""
+    return sum(scales[:, b: b + 1].astype(np.float64) * v for b, v in enumerate(values))
+
+
+@pytest.mark.parametrize("fmt", ["wint8", "wint4"])
+@pytest.mark.parametrize("k", [320, 200])
+def test_int8_activations_within_bound(ops, portable, fmt, k):
+    """int8_act: equal (up to float32 summation) to the model of per-32 int8 activations times the exact
+    integer dots, within the documented bound |y - x W| <= sum_b 0.5 xs_b sum_{k in b} |W[k, n]| of the exact
+    result, not equal to the float32 mode, decode and prefill rows alike; portable gives the same bits."""
+    n = 131
+    arrays, w = _weights(fmt, k, n, seed=k)
+    inputs = as_inputs(arrays)
+    w64 = w.astype(np.float64)
+    rng = np.random.default_rng(k)
+    for rows in (1, 3, 9, 70):
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        y = ops.ernie_linear(_t(x), *inputs, CODE[fmt], True).numpy()
+        q, xs = quantize_activations(x)
+        blocks = range(0, k, 32)
+        _close(y, _blockwise(xs, [q[:, b: b + 32] @ w64[b: b + 32] for b in blocks]), k)
+        bound = 0.5 * _blockwise(xs, [np.abs(w64[b: b + 32]).sum(0)[None, :] for b in blocks])
+        exact = x.astype(np.float64) @ w64
+        assert (np.abs(y - exact) <= bound * (1 + 1e-4) + 1e-5 * np.abs(exact).max()).all()
+        assert np.abs(y - exact).max() > 0.1 * bound.max()  # the int8 mode, not the float32 one
+        np.testing.assert_array_equal(portable(ops.ernie_linear, _t(x), *inputs, CODE[fmt], True), y)
+
+
+@pytest.mark.parametrize("fmt", ["float32", "bfloat16", "fp8", "wint2"])
+def test_int8_act_is_ignored_by_other_formats(ops, fmt):
+    arrays, _ = _weights(fmt, 128, 40, seed=2)
+    x = _t(np.random.default_rng(2).standard_normal((3, 128)).astype(np.float32))
+    np.testing.assert_array_equal(ops.ernie_linear(x, *as_inputs(arrays), CODE[fmt], True).numpy(),
+                                  ops.ernie_linear(x, *as_inputs(arrays), CODE[fmt], False).numpy())
+
+
+@pytest.mark.parametrize("fmt", ["wint8", "wint4"])
+def test_int8_activations_in_linear_add_and_experts(ops, portable, fmt):
+    """The residual-add operator (after SwiGLU) and the experts operator run the same int8 mode: the model of
+    the mode for linear_add; experts near the float32 mode (1 and 40 tokens); portable gives the same bits."""
+    rng = np.random.default_rng(5)
+    k, n = 128, 67
+    arrays, w = _weights(fmt, k, n, seed=5)
+    x = rng.standard_normal((1, 3, 2 * k)).astype(np.float32)
+    res = rng.standard_normal((1, 3, n)).astype(np.float32)
+    act = (x[..., :k] / (1 + np.exp(-x[..., :k])) * x[..., k:])[0]
+    args = (_t(x), *as_inputs(arrays), _t(res), CODE[fmt], True, True)
+    out = ops.ernie_linear_add(*args).numpy()
+    q, xs = quantize_activations(act.astype(np.float32))
+    model = _blockwise(xs, [q[:, b: b + 32] @ w[b: b + 32].astype(np.float64) for b in range(0, k, 32)])
+    np.testing.assert_allclose(out[0], res[0] + model, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(portable(ops.ernie_linear_add, *args), out)
+    (ug, dn), _, _ = _expert_stacks(fmt, 6, 128, 64, rng)
+    for tokens in (1, 40):
+        x = rng.standard_normal((tokens, 128)).astype(np.float32)
+        ids = np.stack([rng.choice(4, 2, replace=False) for _ in range(tokens)]).astype(np.int64)
+        weights = rng.random((tokens, 2)).astype(np.float32)
+        base = (_t(x), _t(ids), _t(weights), *as_inputs(ug), *as_inputs(dn), CODE[fmt])
+        out = ops.ernie_moe_experts(*base, True).numpy()
+        ref = ops.ernie_moe_experts(*base, False).numpy()
+        assert not np.array_equal(out, ref)
+        np.testing.assert_allclose(out, ref, rtol=0, atol=0.05 * np.abs(ref).max())
+        np.testing.assert_array_equal(portable(ops.ernie_moe_experts, *base, True), out)

@@ -5,11 +5,19 @@
 // registers; one token row: one dot per weight row; more: the weight rows of each 4-row tile are decoded
 // once per k-block into an L1 buffer and every token row passes over it. Prefill (more rows): Paddle's
 // matmul (MKL) on float32 weights; other formats the same tiles over blocks of token rows (prefill_into).
+//
+// int8 activation mode (int8_act, formats with kInt8: wint8, wint4), for decode and prefill alike: each
+// activation row is quantized per block b of 32 values to int8 with scale xs_b = absmax_b / 127 (round to
+// nearest even; a block under 127 * FLT_MIN counts as zero), and y[n] = S0[n] * sum_b xs_b * (integer dot of
+// the block), the integer dots exact (vectors.h idot32). Error bound against the float32 mode's exact value
+// x @ W^T: |y - y_ref| <= sum_b 0.5 * xs_b * sum_{k in b} |W[n, k]| (plus float32 rounding), since each
+// activation moves by at most half a step.
 #pragma once
 
 #include <omp.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -160,12 +168,85 @@ void gemv(const float* xp, int64_t m, int64_t k, const Mat& w, float* y) {
   gemv_with<Portable, F>(xp, m, k, w, y);
 }
 
-// y [m, n] = x [m, k] @ W^T into y (contiguous). Few rows: the GEMV. Prefill: float32 weights through
+// xq [m, k] int8 and xs [m, ceil(k / 32)] scales of the rows x (in the format's unit order, so a block
+// holds the same 32 values either way).
+inline void quantize_rows(const float* x, int64_t m, int64_t k, int8_t* xq, float* xs) {
+  const int64_t blocks = (k + kUnit - 1) / kUnit;
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t lo = r * k + b * kUnit, hi = r * k + std::min(k, (b + 1) * kUnit);
+      float amax = 0.0f;
+      for (int64_t i = lo; i < hi; ++i) amax = std::max(amax, std::fabs(x[i]));
+      float d = amax / 127.0f;
+      d = d >= FLT_MIN ? d : 0.0f;
+      const float inv = d > 0.0f ? 1.0f / d : 0.0f;
+      xs[r * blocks + b] = d;
+      for (int64_t i = lo; i < hi; ++i)
+        xq[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::nearbyint(x[i] * inv))));
+    }
+}
+
+// The int8-mode dot of one quantized activation row (xq, xs) and weight row f: per 32-value block the exact
+// integer dot times the block's scale, into four accumulators, then the row scale.
+template <class V, class F>
+inline float idot(const int8_t* xq, const float* xs, const F& f, int64_t k) {
+  using R = typename V::R;
+  const int64_t units = k / kUnit;
+  auto step = [&](int64_t u, R acc) {
+    typename V::B w;
+    f.unit_i8(u, &w);
+    return V::fmadd(V::idot32(xq + kUnit * u, w), V::set1(xs[u]), acc);
+  };
+  R a0 = V::zero(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t u = 0;
+  for (; u + 4 <= units; u += 4) {
+    a0 = step(u, a0);
+    a1 = step(u + 1, a1);
+    a2 = step(u + 2, a2);
+    a3 = step(u + 3, a3);
+  }
+  for (; u < units; ++u) a0 = step(u, a0);
+  float s = V::hsum(V::add(V::add(a0, a1), V::add(a2, a3)));
+  if (units * kUnit < k) {
+    int32_t tail = 0;
+    for (int64_t i = units * kUnit; i < k; ++i) tail += xq[i] * static_cast<int32_t>(f.at(i));
+    s = std::fma(xs[units], static_cast<float>(tail), s);
+  }
+  return s * f.row_scale();
+}
+
+// y [m, n] in the int8 mode: each thread a run of kChunk weight rows, each row read from memory once and
+// from L1 for the other token rows.
+template <class V, class F>
+void igemv_with(const int8_t* xq, const float* xs, int64_t m, int64_t k, const Mat& w, float* y) {
+  const int64_t blocks = (k + kUnit - 1) / kUnit, chunks = (w.n + kChunk - 1) / kChunk;
+  const int threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), chunks));
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int64_t n = c * kChunk; n < std::min(w.n, (c + 1) * kChunk); ++n) {
+      const F f(w, n);
+      for (int64_t r = 0; r < m; ++r) y[r * w.n + n] = idot<V>(xq + r * k, xs + r * blocks, f, k);
+    }
+}
+
+template <class F>
+void int8_linear_into(const float* xp, int64_t m, int64_t k, const Mat& w, float* y) {
+  std::vector<int8_t> xq(m * k);
+  std::vector<float> xs(m * ((k + kUnit - 1) / kUnit));
+  quantize_rows(xp, m, k, xq.data(), xs.data());
+#ifdef ERNIE_HAVE_AVX2
+  if (!portable_requested()) return igemv_with<Avx2, F>(xq.data(), xs.data(), m, k, w, y);
+#endif
+  igemv_with<Portable, F>(xq.data(), xs.data(), m, k, w, y);
+}
+
+// y [m, n] = x [m, k] @ W^T into y (contiguous); int8_act: the int8 activation mode (wint8, wint4; other
+// formats ignore it). Few rows: the GEMV. Prefill: float32 weights through
 // Paddle's matmul (MKL); other formats the GEMV's tiles over blocks of kPrefillRows token rows, so each
 // thread's kChunk weight rows stay in cache while every token row of the block passes over them.
 // (Widening tiles into a float32 block for MKL measured 1.5-7x slower at 2 threads, see issue 16.)
 template <class F>
-void linear_into(const float* x, int64_t m, int64_t k, const Mat& w, float* y) {
+void linear_into(const float* x, int64_t m, int64_t k, const Mat& w, float* y, bool int8_act) {
   if constexpr (std::is_same_v<F, F32>) {
     if (m > kSmallRows) {
       auto xt = paddle::from_blob(const_cast<float*>(x), {m, k}, paddle::DataType::FLOAT32);
@@ -181,6 +262,9 @@ void linear_into(const float* x, int64_t m, int64_t k, const Mat& w, float* y) {
     permuted.resize(m * k);
     permute_rows<F>(x, m, k, permuted.data());
     xp = permuted.data();
+  }
+  if constexpr (F::kInt8) {
+    if (int8_act) return int8_linear_into<F>(xp, m, k, w, y);
   }
   for (int64_t r0 = 0; r0 < m; r0 += kPrefillRows)
     gemv<F>(xp + r0 * k, std::min(kPrefillRows, m - r0), k, w, y + r0 * w.n);

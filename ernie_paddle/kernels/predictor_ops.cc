@@ -57,8 +57,7 @@ inline float dot(const float* a, const float* b, int64_t k) {
 
 // y [m, w.n] = x [m, w.k] @ W^T for a validated matrix of format fmt.
 void linear_any(int fmt, bool int8_act, const float* x, int64_t m, const Mat& w, float* y) {
-  (void)int8_act;
-  ernie::with_format(fmt, [&](auto tag) { ernie::linear_into<typename decltype(tag)::type>(x, m, w.k, w, y); });
+  ernie::with_format(fmt, [&](auto tag) { ernie::linear_into<typename decltype(tag)::type>(x, m, w.k, w, y, int8_act); });
 }
 
 // out [rows, inter] = silu(gate) * up for h [rows, 2 inter] holding [gate | up].

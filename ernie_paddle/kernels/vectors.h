@@ -1,5 +1,11 @@
 // Eight-lane float vectors: the two backends every kernel is written over.
 //
+// Each backend also has a 32-byte integer vector B and idot32(x, w): the eight int32 sums of four
+// neighbouring int8 products (lane j: bytes 4j .. 4j + 3) of 32 int8 activations and 32 int8 weights, as
+// float lanes (exact). Avx2 computes them with |w| as unsigned bytes and w's sign moved onto x
+// (maddubs + madd, or one dpbusd where the build CPU has AVX-VNNI or AVX512-VNNI): exact for every weight
+// byte -128..127 and activations -127..127 (no int16 pair exceeds 2 * 128 * 127).
+//
 // Avx2 (AVX2 + FMA + F16C registers) and Portable (plain C++, lane by lane, std::fma: the same fused
 // products and the same reduction order as Avx2), so both give identical results. Portable runs where the
 // build CPU lacks AVX2, or when ERNIE_PADDLE_PORTABLE_KERNELS=1 (the tests compare the two). The build
@@ -48,6 +54,18 @@ struct Portable {
     for (int i = 0; i < 4; ++i) s[i] = a.v[i] + a.v[i + 4];
     return (s[0] + s[2]) + (s[1] + s[3]);
   }
+  struct B {
+    int8_t v[32];
+  };
+  static R idot32(const int8_t* x, const B& w) {
+    R r;
+    for (int j = 0; j < 8; ++j) {
+      int32_t s = 0;
+      for (int i = 4 * j; i < 4 * j + 4; ++i) s += static_cast<int32_t>(x[i]) * w.v[i];
+      r.v[j] = static_cast<float>(s);
+    }
+    return r;
+  }
 };
 
 #ifdef ERNIE_HAVE_AVX2
@@ -64,6 +82,18 @@ struct Avx2 {
     const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+  }
+  using B = __m256i;
+  static R idot32(const int8_t* x, B w) {
+    const __m256i u = _mm256_abs_epi8(w);
+    const __m256i s = _mm256_sign_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)), w);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__) && !defined(ERNIE_NO_VNNI)
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s));
+#elif defined(__AVXVNNI__) && !defined(ERNIE_NO_VNNI)
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s));
+#else
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
   }
 };
 #endif

@@ -21,6 +21,8 @@
 //   at(k)           the scalar value at k (row tails, and the portable decode lane by lane)
 //   group_scale(g)  the scale of k-group g (kGroup values; fp8 blocks, wint2 64-groups), applied to the
 //                   partial sums of the group; row_scale() the per-row scale applied to the finished dot.
+//   unit_i8(u, b)   (wint8, wint4: kInt8) the unit's 32 values as int8 in the same order, for the int8
+//                   activation mode (int8_kernels.h).
 // Values of at/unit are the stored integers (fp8: the e4m3 value * 2^-8, which F16C decodes exactly; its
 // group scale carries the 2^8). Every decode is exact, so Avx2 and Portable give identical results.
 #pragma once
@@ -57,6 +59,7 @@ struct Unscaled {
   static constexpr bool kRowScale = false;
   static constexpr bool kPermuted = false;
   static constexpr bool kDirect = false;  // rows are float32 already (the tiles read them in place)
+  static constexpr bool kInt8 = false;  // has unit_i8: the int8 activation mode applies
   static int64_t unit_k(int64_t u, int j) { return kUnit * u + j; }
   static float group_scale(int64_t) { return 1.0f; }
   static float row_scale() { return 1.0f; }
@@ -103,6 +106,7 @@ struct Bf16 : Unscaled {  // the high half of a float32: widening is a 16-bit sh
 struct Wint8 : Unscaled {
   static constexpr int kCode = 2;
   static constexpr bool kRowScale = true;
+  static constexpr bool kInt8 = true;
   const int8_t* p;
   float scale;
   Wint8(const Mat& w, int64_t n) : p(static_cast<const int8_t*>(w.q) + n * w.k), scale(static_cast<const float*>(w.s0)[n]) {}
@@ -118,12 +122,15 @@ struct Wint8 : Unscaled {
     w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
     w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
   }
+  void unit_i8(int64_t u, __m256i* b) const { *b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + kUnit * u)); }
 #endif
+  void unit_i8(int64_t u, Portable::B* b) const { std::memcpy(b->v, p + kUnit * u, kUnit); }
 };
 
 struct Wint4 : Unscaled {
   static constexpr int kCode = 3;
   static constexpr bool kRowScale = true;
+  static constexpr bool kInt8 = true;
   static constexpr bool kPermuted = true;
   const uint8_t* p;
   float scale;
@@ -135,12 +142,25 @@ struct Wint4 : Unscaled {
   float at(int64_t k) const { return static_cast<float>(nibble(p[k >> 1], k)); }
   float row_scale() const { return scale; }
   void unit(int64_t u, Portable::R* w) const { unit_lanes(*this, u, w); }
+  void unit_i8(int64_t u, Portable::B* b) const {
+    for (int j = 0; j < kUnit; ++j) b->v[j] = static_cast<int8_t>(nibble(p[unit_k(u, j) >> 1], unit_k(u, j)));
+  }
 #ifdef ERNIE_HAVE_AVX2
-  void unit(int64_t u, __m256* w) const {  // sign-extend each nibble: (v ^ 8) - 8
+  // The unit's low nibbles (k = 2j) and high nibbles (k = 2j + 1) as sign-extended int8: (v ^ 8) - 8.
+  void nibbles(int64_t u, __m128i* lo, __m128i* hi) const {
     const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * u));
     const __m128i m = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
-    const __m128i lo = _mm_sub_epi8(_mm_xor_si128(_mm_and_si128(b, m), eight), eight);
-    const __m128i hi = _mm_sub_epi8(_mm_xor_si128(_mm_and_si128(_mm_srli_epi16(b, 4), m), eight), eight);
+    *lo = _mm_sub_epi8(_mm_xor_si128(_mm_and_si128(b, m), eight), eight);
+    *hi = _mm_sub_epi8(_mm_xor_si128(_mm_and_si128(_mm_srli_epi16(b, 4), m), eight), eight);
+  }
+  void unit_i8(int64_t u, __m256i* b) const {
+    __m128i lo, hi;
+    nibbles(u, &lo, &hi);
+    *b = _mm256_set_m128i(hi, lo);
+  }
+  void unit(int64_t u, __m256* w) const {
+    __m128i lo, hi;
+    nibbles(u, &lo, &hi);
     w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
     w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
     w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
