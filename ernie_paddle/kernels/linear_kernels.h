@@ -230,8 +230,8 @@ inline float idot(const int8_t* xq, const float* xs, const F& f, int64_t k) {
   return s * f.row_scale();
 }
 
-// y [m, n] in the int8 mode: each thread a run of kChunk weight rows, each row read from memory once and
-// from L1 for the other token rows.
+// y [m, n] (row stride n) in the int8 mode: each thread a run of kChunk weight rows, each row read from
+// memory once and from L1 for the other token rows.
 template <class V, class F>
 void igemv_with(const int8_t* xq, const float* xs, int64_t m, int64_t k, const Mat& w, float* y) {
   const int64_t blocks = (k + kUnit - 1) / kUnit, chunks = (w.n + kChunk - 1) / kChunk;
@@ -249,10 +249,19 @@ void int8_linear_into(const float* xp, int64_t m, int64_t k, const Mat& w, float
   Scratch<int8_t> xq(m * k);
   Scratch<float> xs(m * ((k + kUnit - 1) / kUnit));
   quantize_rows(xp, m, k, xq.get(), xs.get());
+  const int64_t blocks = (k + kUnit - 1) / kUnit;
+  for (int64_t r0 = 0; r0 < m; r0 += kPrefillRows) {  // prefill: the weights pass once per block of rows
+    const int8_t* xb = xq.get() + r0 * k;
+    const float* sb = xs.get() + r0 * blocks;
+    const int64_t rows = std::min(kPrefillRows, m - r0);
 #ifdef ERNIE_HAVE_AVX2
-  if (!portable_requested()) return igemv_with<Avx2, F>(xq.get(), xs.get(), m, k, w, y);
+    if (!portable_requested()) {
+      igemv_with<Avx2, F>(xb, sb, rows, k, w, y + r0 * w.n);
+      continue;
+    }
 #endif
-  igemv_with<Portable, F>(xq.get(), xs.get(), m, k, w, y);
+    igemv_with<Portable, F>(xb, sb, rows, k, w, y + r0 * w.n);
+  }
 }
 
 // y [m, n] = x [m, k] @ W^T into y (contiguous); int8_act: the int8 activation mode (wint8, wint4; other

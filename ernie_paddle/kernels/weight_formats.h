@@ -54,7 +54,7 @@ inline float bits_to_float(uint32_t bits) {
 }
 
 // Defaults of a format: no scales, no permutation.
-struct Unscaled {
+struct FormatDefaults {
   static constexpr int64_t kGroup = 0;  // k per group scale; 0: none
   static constexpr bool kRowScale = false;
   static constexpr bool kPermuted = false;
@@ -72,7 +72,7 @@ inline void unit_lanes(const F& f, int64_t u, Portable::R* w) {
     for (int j = 0; j < 8; ++j) w[v].v[j] = f.at(F::unit_k(u, 8 * v + j));
 }
 
-struct F32 : Unscaled {
+struct F32 : FormatDefaults {
   static constexpr int kCode = 0;
   static constexpr bool kDirect = true;
   const float* p;
@@ -87,7 +87,7 @@ struct F32 : Unscaled {
 #endif
 };
 
-struct Bf16 : Unscaled {  // the high half of a float32: widening is a 16-bit shift, exact
+struct Bf16 : FormatDefaults {  // the high half of a float32: widening is a 16-bit shift, exact
   static constexpr int kCode = 1;
   const uint16_t* p;
   Bf16(const Mat& w, int64_t n) : p(static_cast<const uint16_t*>(w.q) + n * w.k) {}
@@ -103,7 +103,7 @@ struct Bf16 : Unscaled {  // the high half of a float32: widening is a 16-bit sh
 #endif
 };
 
-struct Wint8 : Unscaled {
+struct Wint8 : FormatDefaults {
   static constexpr int kCode = 2;
   static constexpr bool kRowScale = true;
   static constexpr bool kInt8 = true;
@@ -123,7 +123,7 @@ struct Wint8 : Unscaled {
   void unit_i8(int64_t u, Portable::B* b) const { std::memcpy(b->v, p + kUnit * u, kUnit); }
 };
 
-struct Wint4 : Unscaled {
+struct Wint4 : FormatDefaults {
   static constexpr int kCode = 3;
   static constexpr bool kRowScale = true;
   static constexpr bool kInt8 = true;
@@ -167,7 +167,7 @@ struct Wint4 : Unscaled {
 #endif
 };
 
-struct Fp8 : Unscaled {
+struct Fp8 : FormatDefaults {
   static constexpr int kCode = 4;
   static constexpr int64_t kBlock = 128;  // the scale grid's block, both axes
   static constexpr int64_t kGroup = kBlock;
@@ -200,7 +200,7 @@ struct Fp8 : Unscaled {
 #endif
 };
 
-struct Wint2 : Unscaled {
+struct Wint2 : FormatDefaults {
   static constexpr int kCode = 5;
   static constexpr int64_t kGroup = 64;
   static constexpr bool kRowScale = true;
