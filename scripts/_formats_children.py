@@ -2,7 +2,8 @@
 own VmHWM) and returns a JSON-able dict; ``in_child`` starts one and reads its result.
 
 Roles: ``hf`` (the random bf16 checkpoint), ``quantize`` (a quantized checkpoint + dequantized twin),
-``gguf`` (a GGUF + its dequantized twin), ``probe`` (what this checkout's export supports), ``export``,
+``gguf`` (a GGUF + its dequantized twin), ``probe`` (what this checkout's export supports), ``baseline``
+(an engine's RSS before any model), ``export``,
 ``ours`` / ``llamacpp`` (timing), ``ours-logits`` / ``llamacpp-logits`` / ``reference`` (logits of every
 position of the accuracy sequence, saved as .npy).
 """
@@ -50,6 +51,23 @@ def probe() -> dict:
         default = next((v for k, v in vars(mod).items() if k.endswith("ACTIVATIONS") and isinstance(v, str)),
                        "float32")
     return {"compact": True, "default_activations": default}
+
+
+def baseline(engine: str) -> dict:
+    """Peak RSS of a process that has imported an engine and nothing else (ours: paddle, the package and
+    its compiled operators; llama.cpp: llama-cpp-python with its backend initialised)."""
+    if engine == "ours":
+        import paddle.inference  # noqa: F401
+
+        from ernie_paddle.api import load  # noqa: F401
+        from ernie_paddle.kernels import predictor_ops
+
+        predictor_ops.get()
+    else:
+        import llama_cpp
+
+        llama_cpp.llama_backend_init()
+    return {"peak_rss_mb": vm_hwm_mb()}
 
 
 def export(source: str, out: str, max_seq_len: int, options: dict) -> dict:
@@ -148,7 +166,7 @@ def gguf(folder: str, path: str, qtype: str, twin: str | None) -> dict:
     return {"seconds": time.perf_counter() - start}
 
 
-ROLES = {"hf": hf, "quantize": quantize, "gguf": gguf, "probe": probe, "export": export, "ours": ours,
+ROLES = {"hf": hf, "baseline": baseline, "quantize": quantize, "gguf": gguf, "probe": probe, "export": export, "ours": ours,
          "ours-logits": ours_logits, "llamacpp": llamacpp, "llamacpp-logits": llamacpp_logits,
          "reference": reference}
 

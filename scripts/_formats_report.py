@@ -77,6 +77,8 @@ def print_tables(result: dict, out) -> None:
     print(f"\nread bandwidth {result['bandwidth_gb_s']:.1f} GB/s ({result['threads']} threads); prompt "
           f"{result['prompt']} tokens, {result['new_tokens']} greedy tokens; ceiling = bandwidth / weight bytes "
           "read per batch-1 step in that format", file=out)
+    print("peak RSS of an engine's process before any model: " + ", ".join(
+        f"{k} {v:.0f} MB" for k, v in result.get("process_baseline_rss_mb", {}).items()), file=out)
     head = (f"{'shape':<10}{'engine':<28}{'b1 tok/s':>9}{'b8 tok/s':>9}{'prefill ms':>11}{'RSS MB':>8}"
             f"{'weights MB':>11}{'MB/step':>9}{'ceiling':>9}{'b1/ceil':>8}")
     print(head, file=out)

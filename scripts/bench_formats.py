@@ -203,11 +203,15 @@ def main() -> None:
         return
     if args.positions > MAX_SEQ_LEN:
         parser.error(f"--positions must be <= {MAX_SEQ_LEN}")
+    import bench_llamacpp
     from bench_predictor import measure_bandwidth
 
     bench = Bench(args)
     bench.probe = bench.child("probe")
     bandwidth = measure_bandwidth(args.threads)
+    baseline = {"ours": bench.child("baseline", "ours")["peak_rss_mb"]}
+    if bench_llamacpp.available():
+        baseline["llama.cpp"] = bench.child("baseline", "llama.cpp")["peak_rss_mb"]
     bench.log(f"read bandwidth {bandwidth:.1f} GB/s; export probe {bench.probe}")
     rows, per_shape = [], {}
     for shape in args.shape or ["small"]:
@@ -217,7 +221,8 @@ def main() -> None:
                                   bench.probe["default_activations"])
     result = {"threads": args.threads, "cpu": _cpu(), "bandwidth_gb_s": bandwidth, "prompt": args.prompt,
               "new_tokens": args.new_tokens, "repeats": args.repeats, "positions": args.positions,
-              "default_activations": bench.probe["default_activations"], "rows": rows, "ratios": per_shape}
+              "default_activations": bench.probe["default_activations"], "process_baseline_rss_mb": baseline,
+              "rows": rows, "ratios": per_shape}
     print_tables(result, sys.stdout)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
