@@ -20,19 +20,19 @@ from ernie_paddle.runtime.vl import vl_runtime
 
 
 def choose_engine(path, engine: str | None = None, quantization: str | None = None,
-                  speculative: str | None = None, tp: int = 1) -> str:
+                  speculative: str | None = None, tp: int = 1, device: str | None = None) -> str:
     """"predictor" or "dygraph" for the folder ``path`` and the options of a load or a command.
 
-    Quantization, speculative decoding and tensor parallelism run on the dygraph engine (asking for the
-    predictor with any of them is an ErnieError); otherwise ``predictor.choice.resolve_engine`` decides
-    (None: ``$ERNIE_PADDLE_ENGINE``, else the predictor for an export folder and dygraph for a checkpoint;
-    "auto": the predictor wherever it supports the model).
+    Speculative decoding and tensor parallelism run on the dygraph engine (asking for the predictor with
+    either is an ErnieError); otherwise ``predictor.support.resolve_engine`` decides (None:
+    ``$ERNIE_PADDLE_ENGINE``, else the predictor for an export folder and dygraph for a checkpoint; "auto":
+    the predictor wherever it supports the model, quantized ones (``quantization``) where the export keeps
+    them compact: the compiled CPU operators on a CPU ``device``).
     """
-    needs_dygraph = [what for what, wanted in (("quantization (--quantization)", quantization),
-                                               ("speculative decoding (--speculative)", speculative),
+    needs_dygraph = [what for what, wanted in (("speculative decoding (--speculative)", speculative),
                                                ("tensor parallelism (--tp)", tp > 1)) if wanted]
     if not needs_dygraph:
-        return resolve_engine(path, engine)
+        return resolve_engine(path, engine, quantization, device)
     if engine is not None and str(engine).strip().lower() == "predictor":
         raise ErnieError(f"{needs_dygraph[0]} runs on the dygraph engine, not --engine predictor")
     return resolve_engine(path, "dygraph")
@@ -45,14 +45,14 @@ def load(path, dtype: str | None = None, device: str | None = None, num_threads:
 
     ``engine``: "dygraph", "predictor" (Paddle Inference; a checkpoint is exported into the cache on first
     use) or "auto"; see ``choose_engine``. ``quantization``: "wint8", "wint4" or "fp8" quantizes the
-    linears on load (dygraph); a checkpoint whose config.json has a ``quantization_config`` loads quantized
-    without it. ``tp`` > 1: this rank's part of the model inside a paddle.distributed job of ``tp``
+    linears on load (either engine); a checkpoint whose config.json has a ``quantization_config`` loads
+    quantized without it. ``tp`` > 1: this rank's part of the model inside a paddle.distributed job of ``tp``
     processes (``moe``: "tp" cuts every expert, "ep" gives ranks whole experts).
     """
     if kwargs:
         raise TypeError(f"unknown load option(s): {sorted(kwargs)}")
-    if choose_engine(path, engine, quantization, tp=tp) == "predictor":
-        return load_predictor(path, dtype=dtype, device=device, num_threads=num_threads)
+    if choose_engine(path, engine, quantization, tp=tp, device=device) == "predictor":
+        return load_predictor(path, dtype=dtype, device=device, num_threads=num_threads, quantization=quantization)
     if tp > 1:
         world = launched_world()[1]
         if world != tp:

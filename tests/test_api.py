@@ -9,6 +9,7 @@ from converters.convert import convert
 from ernie_paddle.api import choose_engine
 from ernie_paddle.devkit.vl_demo import make_tiny_vl_checkpoint
 from ernie_paddle.errors import ErnieError
+from ernie_paddle.kernels import predictor_ops
 from ernie_paddle.runtime.protocols import BatchingModel, Model, StepEngine
 
 pytest_plugins = ("fixtures_models",)  # model_pair, runtime
@@ -83,10 +84,13 @@ def test_engine_rules_are_decided_in_one_place(model_pair):
     folder = model_pair("dense-tied")[1]
     assert choose_engine(folder, "auto") == "predictor"
     assert choose_engine(folder, None) == "dygraph"
-    for option in ({"quantization": "wint8"}, {"speculative": "mtp"}, {"tp": 2}):
+    for option in ({"speculative": "mtp"}, {"tp": 2}):
         assert choose_engine(folder, "auto", **option) == "dygraph"
         with pytest.raises(ErnieError, match="runs on the dygraph engine, not --engine predictor"):
             choose_engine(folder, "predictor", **option)
+    compact = predictor_ops.get() is not None  # quantized exports stay compact with the compiled operators
+    assert choose_engine(folder, "auto", quantization="wint8", device="cpu") == ("predictor" if compact else "dygraph")
+    assert choose_engine(folder, "predictor", quantization="wint8") == "predictor"
 
 
 def test_load_refuses_tp_outside_a_job_of_that_size(model_pair):

@@ -19,6 +19,27 @@ def _t(a):
     return paddle.to_tensor(np.ascontiguousarray(a))
 
 
+def _scales():
+    """The four unused scale inputs of a float32 or bf16 weight (tests/test_kernel_formats.py: the others)."""
+    return [paddle.zeros([1], dtype="float32") for _ in range(4)]
+
+
+def _fmt(wt):
+    return 1 if wt.dtype == paddle.bfloat16 else 0
+
+
+def linear(ops, x, wt):
+    return ops.ernie_linear(x, wt, *_scales(), _fmt(wt), False)
+
+
+def linear_add(ops, x, wt, residual, swiglu):
+    return ops.ernie_linear_add(x, wt, *_scales(), residual, _fmt(wt), False, swiglu)
+
+
+def moe_experts(ops, x, ids, weights, up_gate, down):
+    return ops.ernie_moe_experts(x, ids, weights, up_gate, *_scales(), down, *_scales(), _fmt(up_gate), False)
+
+
 @pytest.mark.parametrize("shape,n", [((1, 1024), 6144), ((1, 37), 13), ((2, 100), 67), ((3, 64), 96),
                                      ((8, 72), 260), ((9, 64), 96), ((2, 5, 48), 30), ((1, 1, 3072), 1024)])
 def test_linear_matches_numpy(ops, shape, n):
@@ -27,7 +48,7 @@ def test_linear_matches_numpy(ops, shape, n):
     rng = np.random.default_rng(n)
     x = rng.standard_normal(shape).astype(np.float32)
     wt = rng.standard_normal((n, shape[-1])).astype(np.float32)
-    y = ops.ernie_linear(_t(x), _t(wt)).numpy()
+    y = linear(ops, _t(x), _t(wt)).numpy()
     assert y.shape == shape[:-1] + (n,)
     np.testing.assert_allclose(y, x @ wt.T, rtol=1e-5, atol=2e-5 * np.sqrt(shape[-1]))
 
@@ -56,15 +77,14 @@ def test_moe_experts_match_numpy(ops, tokens):
             e = ids[t, j]
             gate, up = np.split(up_gate[e] @ x[t], 2)
             ref[t] += weights[t, j] * (down[e] @ (gate / (1 + np.exp(-gate)) * up))
-    out = ops.ernie_moe_experts(_t(x), _t(ids), _t(weights), _t(up_gate), _t(down)).numpy()
+    out = moe_experts(ops, _t(x), _t(ids), _t(weights), _t(up_gate), _t(down)).numpy()
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_moe_experts_reject_bad_ids(ops):
     x, w = paddle.zeros([1, 8]), paddle.ones([1, 1])
     with pytest.raises(Exception, match="expert id out of range"):
-        ops.ernie_moe_experts(x, paddle.to_tensor([[5]], dtype="int64"), w, paddle.zeros([2, 4, 8]),
-                              paddle.zeros([2, 8, 2]))
+        moe_experts(ops, x, paddle.to_tensor([[5]], dtype="int64"), w, paddle.zeros([2, 4, 8]), paddle.zeros([2, 8, 2]))
 
 
 @pytest.mark.parametrize("start,tokens", [(0, 5), (6, 1), (4, 3)])
@@ -100,7 +120,7 @@ def test_linear_add_matches_numpy(ops, rows, swiglu):
     x = rng.standard_normal((1, rows, 2 * k if swiglu else k)).astype(np.float32)
     wt, res = rng.standard_normal((n, k)).astype(np.float32), rng.standard_normal((1, rows, n)).astype(np.float32)
     act = x[..., :k] / (1 + np.exp(-x[..., :k])) * x[..., k:] if swiglu else x
-    out = ops.ernie_linear_add(_t(x), _t(wt), _t(res), swiglu).numpy()
+    out = linear_add(ops, _t(x), _t(wt), _t(res), swiglu).numpy()
     np.testing.assert_allclose(out, res + act @ wt.T, rtol=1e-5, atol=1e-4)
 
 
@@ -134,14 +154,14 @@ def test_bf16_linear_matches_widened(ops, portable, rows, k, n):
     bits, w = _bf16(rng, (n, k))
     wt = paddle.to_tensor(bits)
     assert wt.dtype == paddle.bfloat16
-    y = ops.ernie_linear(_t(x), wt).numpy()
+    y = linear(ops, _t(x), wt).numpy()
     np.testing.assert_allclose(y, x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-5,
                                atol=1e-5 * np.sqrt(k))
-    ref32 = ops.ernie_linear(_t(x), _t(w)).numpy()
+    ref32 = linear(ops, _t(x), _t(w)).numpy()
     if rows <= 8:  # the same kernel on both formats: the same bits
         np.testing.assert_array_equal(y, ref32)
     np.testing.assert_allclose(y, ref32, rtol=1e-5, atol=1e-5 * np.sqrt(k))
-    np.testing.assert_array_equal(portable(ops.ernie_linear, _t(x), wt), y)
+    np.testing.assert_array_equal(portable(linear, ops, _t(x), wt), y)
 
 
 @pytest.mark.parametrize("rows,swiglu", [(1, False), (3, True), (8, False), (33, True)])
@@ -152,10 +172,10 @@ def test_bf16_linear_add_matches_widened(ops, portable, rows, swiglu):
     bits, w = _bf16(rng, (n, k))
     res = rng.standard_normal((1, rows, n)).astype(np.float32)
     act = x[..., :k] / (1 + np.exp(-x[..., :k])) * x[..., k:] if swiglu else x
-    out = ops.ernie_linear_add(_t(x), paddle.to_tensor(bits), _t(res), swiglu).numpy()
+    out = linear_add(ops, _t(x), paddle.to_tensor(bits), _t(res), swiglu).numpy()
     np.testing.assert_allclose(out, res + act @ w.T, rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(out, ops.ernie_linear_add(_t(x), _t(w), _t(res), swiglu).numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(portable(ops.ernie_linear_add, _t(x), paddle.to_tensor(bits), _t(res), swiglu), out)
+    np.testing.assert_allclose(out, linear_add(ops, _t(x), _t(w), _t(res), swiglu).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(portable(linear_add, ops, _t(x), paddle.to_tensor(bits), _t(res), swiglu), out)
 
 
 @pytest.mark.parametrize("tokens", [1, 3, 8, 33])
@@ -175,19 +195,19 @@ def test_bf16_moe_experts_match_widened(ops, portable, tokens):
             gate, up = np.split(up_gate[ids[t, j]].astype(np.float64) @ x[t], 2)
             ref[t] += weights[t, j] * (down[ids[t, j]] @ (gate / (1 + np.exp(-gate)) * up))
     args = (_t(x), _t(ids), _t(weights), paddle.to_tensor(up_bits), paddle.to_tensor(down_bits))
-    out = ops.ernie_moe_experts(*args).numpy()
+    out = moe_experts(ops, *args).numpy()
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out, ops.ernie_moe_experts(*args[:3], _t(up_gate), _t(down)).numpy(), rtol=1e-5,
+    np.testing.assert_allclose(out, moe_experts(ops, *args[:3], _t(up_gate), _t(down)).numpy(), rtol=1e-5,
                                atol=1e-5)
-    np.testing.assert_array_equal(portable(ops.ernie_moe_experts, *args), out)
+    np.testing.assert_array_equal(portable(moe_experts, ops, *args), out)
 
 
 def test_portable_backend_matches_for_float32(ops, portable):
     rng = np.random.default_rng(5)
     x, wt = rng.standard_normal((3, 77)).astype(np.float32), rng.standard_normal((41, 77)).astype(np.float32)
-    np.testing.assert_array_equal(portable(ops.ernie_linear, _t(x), _t(wt)), ops.ernie_linear(_t(x), _t(wt)).numpy())
+    np.testing.assert_array_equal(portable(linear, ops, _t(x), _t(wt)), linear(ops, _t(x), _t(wt)).numpy())
 
 
 def test_linear_rejects_other_weight_dtypes(ops):
-    with pytest.raises(Exception, match="float32 or bfloat16"):
-        ops.ernie_linear(paddle.zeros([1, 8]), paddle.zeros([4, 8], dtype="int32"))
+    with pytest.raises(Exception, match=r"ernie_linear \(float32\) WT must be float32 \[4, 8\]; got int32"):
+        linear(ops, paddle.zeros([1, 8]), paddle.zeros([4, 8], dtype="int32"))

@@ -264,7 +264,7 @@ def test_engine_choice_and_limits(model_pair, exported, runtime):
         resolve_engine(hf, "tensorrt")
     config = runtime("dense-tied").config
     assert supports(config) is None
-    assert supports(config.replace(quantization_config={"quant_type": "wint8"})) is None  # exported dequantized
+    assert supports(config.replace(quantization_config={"quant_type": "wint8"})) is None  # exported compact
     pred = load(exported("dense-tied"))  # max_seq_len 256, max_batch 4
     with pytest.raises(ErnieError, match="--max-batch 4"):
         pred.generate([[1, 2]] * 5, max_new_tokens=2)
@@ -313,20 +313,31 @@ def test_cli_export_then_generate(model_pair, runtime, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["wint8", "fp8"])
-def test_quantized_checkpoint_exports_dequantized(model_pair, tmp_path, method):
-    """A quantized checkpoint exports its dequantized weights: predictor logits equal the quantized
-    dygraph model's (<= 1e-5) at prefill and decode; ``auto`` keeps quantized checkpoints on dygraph."""
+def test_quantized_checkpoint_without_compiled_ops_exports_dequantized(model_pair, tmp_path, monkeypatch, method):
+    """Without the compiled operators (as on the GPU) a quantized checkpoint exports float32 dequantized
+    weights under Paddle's operators: predictor logits equal the quantized dygraph model's (<= 1e-5) at
+    prefill and decode; ``auto`` keeps such quantized checkpoints on dygraph. (The compact exports of
+    the compiled operators: tests/test_predictor_quant.py.)"""
     from converters.quantize import quantize
+    from ernie_paddle.kernels import predictor_ops
 
     _, pd = model_pair("moe-tied")
     quantized = tmp_path / method
     quantize(pd, quantized, method, quiet=True)
-    assert resolve_engine(quantized, "auto") == "dygraph"
-    folder = export(quantized, tmp_path / "export", max_seq_len=64, max_batch=2)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["weights"] == {"quantization": method, "dequantized_at_export": True}
-    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
-    pred, eager = load(folder), load(quantized, engine="dygraph")
-    ids = np.array([PROMPTS[0]])
-    assert np.abs(pred.logits(ids) - eager.logits(ids)).max() <= 1e-5
-    _compare_streams(pred, eager, ids, None, steps=6)
+    monkeypatch.setenv("ERNIE_PADDLE_NATIVE_OPS", "0")
+    predictor_ops.reset()
+    try:
+        assert resolve_engine(quantized, "auto", device="cpu") == "dygraph"
+        folder = export(quantized, tmp_path / "export", max_seq_len=64, max_batch=2)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["program"]["ops"] == "paddle"
+        assert manifest["weights"] == {"quantization": method, "dequantized_at_export": True,
+                                       "activations": "float32"}
+        assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+        pred, eager = load(folder), load(quantized, engine="dygraph")
+        ids = np.array([PROMPTS[0]])
+        assert np.abs(pred.logits(ids) - eager.logits(ids)).max() <= 1e-5
+        _compare_streams(pred, eager, ids, None, steps=6)
+    finally:
+        monkeypatch.delenv("ERNIE_PADDLE_NATIVE_OPS")
+        predictor_ops.reset()

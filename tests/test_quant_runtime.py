@@ -103,7 +103,7 @@ def test_prequantized_weights_are_the_reference_bits(paddle_ckpts, method, name)
         got = layer.dequantize().numpy()
         assert got.dtype == np.float32 and np.array_equal(got, ref), prefix
         stored += layer.storage_bytes()
-        assert layer.quant_weight.element_size() == 1  # compact: one byte per weight (wint4: per two)
+        assert layer.weight_t.element_size() == 1  # compact: one byte per weight (wint4: per two)
     full = sum(4 * la.in_features * la.out_features for la in layers.values())
     assert stored < {"wint8": 0.27, "wint4": 0.14, "fp8": 0.26}[method] * full
 
@@ -153,13 +153,11 @@ def _wint2_config(end):
                                                          "quant_end_layer": 2}}}
 
 
-@pytest.fixture(scope="module")
-def wint2_mix(paddle_ckpts, tmp_path_factory):
-    """The released 2-bit mix on the tiny MoE (layer 0 dense, 1-2 MoE): dense + attention + shared experts
-    wint8, layer-1 experts wint4, layer-2 experts CCQ wint2; plus a float32 twin holding the reference
-    dequantized weights."""
-    src = open_checkpoint(paddle_ckpts["moe"])
-    root = tmp_path_factory.mktemp("wint2")
+def write_wint2_mix(source, root):
+    """The released 2-bit mix on a tiny MoE checkpoint ``source`` (Paddle layout): attention, dense MLPs and
+    shared experts wint8, the experts of layers <= 1 wint4, later experts CCQ wint2; plus a float32 twin
+    holding the reference dequantized weights. Returns ({"wint2": folder, "twin": folder}, {prefix: method})."""
+    src = open_checkpoint(source)
     quant, twin, methods = {}, {}, {}
     for key in src.keys():
         arr = np.asarray(src.get(key))
@@ -179,11 +177,17 @@ def wint2_mix(paddle_ckpts, tmp_path_factory):
     out = {}
     for name, tensors, qc in (("wint2", quant, _wint2_config(1)), ("twin", twin, None)):
         folder = root / name
-        folder.mkdir()
+        folder.mkdir(parents=True)
         write_tensors(folder, tensors.items(), "paddle")
         src.config.replace(quantization_config=qc).write(folder, "paddle")
         out[name] = folder
     return out, methods
+
+
+@pytest.fixture(scope="module")
+def wint2_mix(paddle_ckpts, tmp_path_factory):
+    """The 2-bit mix on the tiny MoE (layer 0 dense, 1-2 MoE: layer-1 experts wint4, layer-2 wint2)."""
+    return write_wint2_mix(paddle_ckpts["moe"], tmp_path_factory.mktemp("wint2"))
 
 
 def test_wint2_mix_loads_as_one_model(wint2_mix):
@@ -312,39 +316,39 @@ def test_generate_cli_quantization(paddle_ckpts):
 
 
 # ------------------------------------------------------------------------------------------ compute paths
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("path", ["compiled", "paddle-ops"])
+@pytest.mark.parametrize("method", [*METHODS, "wint2"])
+@pytest.mark.parametrize("path", ["compiled", "fallback"])
 def test_runtime_layer_matches_reference_on_every_path(monkeypatch, method, path):
-    """Fused decode kernel (<= 8 rows), row-blocked dequantize + matmul, and the Paddle-ops fallback, on a
-    shape with partial row blocks and (fp8) partial 128x128 scale blocks on both axes."""
+    """The compiled operator (decode rows and prefill blocks) and the dequantizing fallback (GPU, no
+    compiler) on a shape with an odd output count and (fp8) partial 128x128 scale blocks on both axes; the
+    kernel form is the checkpoint's bytes transposed, and turns back into them exactly."""
     import paddle
 
-    from ernie_paddle.kernels import quant_ops
+    from ernie_paddle.kernels import predictor_ops
+    from ernie_paddle.quant import kernel_form
     from ernie_paddle.quant import linear as qmod
-    from ernie_paddle.quant import weight_only
 
-    if path == "paddle-ops":
+    if path == "fallback":
         monkeypatch.setattr(qmod, "_kernels", lambda: None)
-    elif quant_ops.get() is None:
-        pytest.skip(f"no compiled kernels here: {quant_ops.build_error()}")
-    monkeypatch.setattr(qmod, "BLOCK_ELEMS", 128 * 200)  # row blocks of 128 (wint4: 256) -> 3 (2) blocks
-    k, n = 320, 200
+    elif predictor_ops.get() is None:
+        pytest.skip(f"no compiled kernels here: {predictor_ops.build_error()}")
+    k, n = (320, 201) if method != "wint2" else (192, 73)
     rng = np.random.default_rng(11)
     w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
-    if method == "fp8":
-        tensors, lay = quantize_weight("fp8", w), "auto"
-    else:
-        q, s = weight_only.quantize(w, weight_only.BITS[method])
-        tensors, lay = {"quant_weight": q if method == "wint8" else weight_only.pack_int4(q), "weight_scale": s}, "plain"
-    layer = QuantLinear.from_tensors(method, tensors, k, n, layout=lay)
-    ref = dequantize_weight(method, tensors, k, n, layout=lay).astype(np.float64)
-    assert np.array_equal(layer.dequantize().numpy(), ref.astype(np.float32))
-    for shape in ((1, k), (3, k), (13, k), (2, 5, k)):
+    tensors = wint2.encode(w) if method == "wint2" else quantize_weight(method, w, layout="plain")
+    layer = QuantLinear.from_tensors(method, tensors, k, n, layout="plain")
+    ref = dequantize_weight(method, tensors, k, n, layout="plain")
+    assert np.array_equal(layer.dequantize().numpy(), ref)
+    form = {name: b.numpy() for name, b in layer.named_buffers()}
+    assert list(form) == [kernel_form.WEIGHT, *kernel_form.SCALE_NAMES[method]]
+    assert form["weight_t"].shape[0] == n
+    back = kernel_form.from_kernel_form(method, form)
+    compact = {s: np.asarray(v) for s, v in tensors.items()}
+    assert np.array_equal(back["quant_weight"].view(np.uint8), compact["quant_weight"].view(np.uint8))
+    for shape in ((1, k), (3, k), (8, k), (13, k), (70, k), (2, 5, k)):
         x = rng.standard_normal(shape).astype(np.float32)
-        want = x.astype(np.float64) @ ref
+        want = x.astype(np.float64) @ ref.astype(np.float64)
         got = layer(paddle.to_tensor(x)).numpy()
         assert got.shape == (*shape[:-1], n)
-        # float32 sums of 320 products: |error| <~ sqrt(K) eps max|x w| ~ 1e-6 of the output scale; the
-        # wint4 fallback's offset-binary identity subtracts terms up to 255x larger, hence 1e-4.
-        tol = (1e-4 if method == "wint4" and path == "paddle-ops" else 1e-5) * np.abs(want).max()
-        np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+        # float32 sums of K products: |error| <~ sqrt(K) eps max|x w|, about 1e-6 of the output scale
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())

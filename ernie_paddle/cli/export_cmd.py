@@ -17,20 +17,25 @@ COMMANDS = []
 @click.option("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default).")
 @click.option("--device", default="cpu", show_default=True, help="Device the export is meant for (cpu, gpu).")
 @click.option("--quantization", type=click.Choice(["wint8", "wint4", "fp8"]), default=None,
-              help="Quantize on load, then export the dequantized weights (float32; a quantized checkpoint is "
-                   "always exported that way): the logits of the quantized model on the predictor.")
+              help="Quantize on load and export the compact weights, like a quantized checkpoint (CPU with the "
+                   "compiled operators; elsewhere the program multiplies by dequantized float32 copies).")
 @click.option("--weights", type=click.Choice(["auto", "float32", "bf16"]), default="auto", show_default=True,
-              help="Stored format of the CPU program's linear weights (auto: bf16 for a bf16 checkpoint).")
+              help="Stored format of the CPU program's float weights: linears that are not quantized, the "
+                   "embedding (auto: bf16 for a bf16 checkpoint).")
+@click.option("--activations", type=click.Choice(["float32", "int8"]), default=None,
+              help="Activations of wint8/wint4 linears: int8 runs them on int8-quantized activations (integer "
+                   "dot products; close to, not equal to, the float32 logits). Default: DEFAULT_ACTIVATIONS of "
+                   "ernie_paddle.runtime.predictor.export (float32 at present).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the export succeeded).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def export(model, out, max_seq_len, max_batch, dtype, device, quantization, weights, overwrite, quiet):
+def export(model, out, max_seq_len, max_batch, dtype, device, quantization, weights, activations, overwrite, quiet):
     """Export checkpoint MODEL (Paddle or HF folder) to OUT: the prefill/decode step program, its parameters,
     the normalized config, tokenizer and generation files, and a manifest with digests."""
     from ernie_paddle.runtime.predictor import export as run
 
     start = time.perf_counter()
     folder = run(model, out, max_seq_len=max_seq_len, max_batch=max_batch, dtype=dtype, device=device,
-                 overwrite=overwrite, quantization=quantization, weights=weights)
+                 overwrite=overwrite, quantization=quantization, weights=weights, activations=activations)
     if not quiet:
         size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
         click.echo(f"exported {model} -> {folder} ({size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)")

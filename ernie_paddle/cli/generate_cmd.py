@@ -109,7 +109,7 @@ def generate(model, prompts, prompt_ids, prompts_file, max_new_tokens, min_new_t
         options["stop_token_ids"] = tok.stop_token_ids
     if speculative:  # the MTP draft runs on the eager model
         options.update(speculative=speculative, num_draft=num_draft)
-    engine = choose_engine(model, engine, quantization, speculative, tp)
+    engine = choose_engine(model, engine, quantization, speculative, tp, device)
     run_distributed(tp, nnodes, master)  # outside a job, --tp N re-runs this command on N ranks and exits
     runtime = load(model, dtype=dtype, device=device, engine=engine, quantization=quantization, tp=tp,
                    moe=moe_parallel)

@@ -1,17 +1,27 @@
-// y [m, n] = x [m, k] @ W^T for transposed weights wt [n, k] stored in any format of weight_formats.h
-// (float32 x, float32 accumulation). Written once over a vector backend V and a stored element type T.
+// y [m, n] = x [m, k] @ W^T for a stored weight matrix (weight_formats.h) with float32 activations and
+// float32 accumulation. Written once over a vector backend V and a format F.
 //
 // Decode (m <= kSmallRows): a streaming GEMV, each weight row read from memory once and decoded in
-// registers. Prefill (more rows): Paddle's matmul (MKL) on float32 weights; other formats the same
-// register kernel over blocks of token rows (prefill_into).
+// registers; one token row: one dot per weight row; more: the weight rows of each 4-row tile are decoded
+// once per k-block into an L1 buffer and every token row passes over it. Prefill (more rows): Paddle's
+// matmul (MKL) on float32 weights; other formats the same tiles over blocks of token rows (prefill_into).
+//
+// int8 activation mode (int8_act, formats with kInt8: wint8, wint4), for decode and prefill alike: each
+// activation row is quantized per block b of 32 values to int8 with scale xs_b = absmax_b / 127 (round to
+// nearest even; a block under 127 * FLT_MIN counts as zero), and y[n] = S0[n] * sum_b xs_b * (integer dot of
+// the block), the integer dots exact (vectors.h idot32). Error bound against the float32 mode's exact value
+// x @ W^T: |y - y_ref| <= sum_b 0.5 * xs_b * sum_{k in b} |W[n, k]| (plus float32 rounding), since each
+// activation moves by at most half a step.
 #pragma once
 
 #include <omp.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "paddle/extension.h"
 #include "weight_formats.h"
@@ -19,32 +29,62 @@
 namespace ernie {
 
 constexpr int64_t kSmallRows = 8;
-constexpr int64_t kBlock = 512;  // k per pass of the batched tiles: 4 weight rows + 8 token rows = 24 KB
+constexpr int64_t kBlock = 512;  // k per pass of the tiles (a multiple of every kGroup): 4 rows = 8 KB
 constexpr int64_t kChunk = 64;  // output rows per work item (a multiple of 4: the 4 x 2 tiles)
 constexpr int64_t kPrefillRows = 64;  // token rows per pass over the weights in prefill (non-float32)
 
-// dot(a, b) over k values: four independent accumulators, so loads of b stream at full speed.
-template <class V, class T>
-inline float dot(const float* a, const T* b, int64_t k) {
-  typename V::R s0 = V::zero(), s1 = s0, s2 = s0, s3 = s0;
-  int64_t i = 0;
-  for (; i + 32 <= k; i += 32) {
-    s0 = V::fmadd(V::load8(a + i), V::load8(b + i), s0);
-    s1 = V::fmadd(V::load8(a + i + 8), V::load8(b + i + 8), s1);
-    s2 = V::fmadd(V::load8(a + i + 16), V::load8(b + i + 16), s2);
-    s3 = V::fmadd(V::load8(a + i + 24), V::load8(b + i + 24), s3);
+// dot(xp, row f) over k: four independent accumulators per scale group (so loads stream at full speed),
+// the group's partial sum times its group scale, the scalar tail, then the row scale.
+template <class V, class F>
+inline float dot(const float* xp, const F& f, int64_t k) {
+  using R = typename V::R;
+  const int64_t units = k / kUnit;
+  const int64_t per = F::kGroup > 0 ? F::kGroup / kUnit : std::max<int64_t>(units, 1);
+  R total = V::zero();
+  for (int64_t u0 = 0; u0 < units; u0 += per) {
+    const int64_t u1 = std::min(units, u0 + per);
+    R a0 = V::zero(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t u = u0; u < u1; ++u) {
+      R w[4];
+      f.unit(u, w);
+      const float* xu = xp + kUnit * u;
+      a0 = V::fmadd(V::load8(xu), w[0], a0);
+      a1 = V::fmadd(V::load8(xu + 8), w[1], a1);
+      a2 = V::fmadd(V::load8(xu + 16), w[2], a2);
+      a3 = V::fmadd(V::load8(xu + 24), w[3], a3);
+    }
+    const R part = V::add(V::add(a0, a1), V::add(a2, a3));
+    if constexpr (F::kGroup > 0)
+      total = V::fmadd(part, V::set1(f.group_scale(u0 * kUnit / F::kGroup)), total);
+    else
+      total = part;
   }
-  for (; i + 8 <= k; i += 8) s0 = V::fmadd(V::load8(a + i), V::load8(b + i), s0);
-  float s = V::hsum(V::add(V::add(s0, s1), V::add(s2, s3)));
-  for (; i < k; ++i) s = std::fma(a[i], widen(b[i]), s);
-  return s;
+  float s = V::hsum(total);
+  for (int64_t i = units * kUnit; i < k; ++i) s = std::fma(xp[i], scaled_at(f, i), s);
+  return F::kRowScale ? s * f.row_scale() : s;
 }
 
-// y[r, n], y[r + 1, n] for four weight rows n .. n + 3 and two token rows r, r + 1 (r + 1 < m, or xb = xa):
-// eight accumulators, six loads per eight FMAs, so batched decode is not bound by loads.
-template <class V, class T>
-void tile4x2(const float* xa, const float* xb, int64_t k, const T* w0, int64_t ldw, float* ya, float* yb) {
-  const T *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
+// buf [len] = the values k0 .. k0 + len of row f with their group scales (unit order; k0 a multiple of kBlock).
+template <class V, class F>
+void decode_span(const F& f, int64_t k0, int64_t len, float* buf) {
+  const int64_t u0 = k0 / kUnit, u1 = (k0 + len) / kUnit;
+  for (int64_t u = u0; u < u1; ++u) {
+    typename V::R w[4];
+    f.unit(u, w);
+    float* out = buf + (u - u0) * kUnit;
+    for (int v = 0; v < 4; ++v) {
+      if constexpr (F::kGroup > 0) w[v] = V::mul(w[v], V::set1(f.group_scale(u * kUnit / F::kGroup)));
+      V::store8(out + 8 * v, w[v]);
+    }
+  }
+  for (int64_t i = u1 * kUnit; i < k0 + len; ++i) buf[i - k0] = scaled_at(f, i);
+}
+
+// y[r, n], y[r + 1, n] for four float32 weight rows n .. n + 3 and two token rows r, r + 1 (r + 1 < m, or
+// xb = xa): eight accumulators, six loads per eight FMAs, so batched decode is not bound by loads.
+template <class V>
+void tile4x2(const float* xa, const float* xb, int64_t k, const float* w0, int64_t ldw, float* ya, float* yb) {
+  const float *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
   typename V::R a0 = V::zero(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
   int64_t i = 0;
   for (; i + 8 <= k; i += 8) {
@@ -61,83 +101,173 @@ void tile4x2(const float* xa, const float* xb, int64_t k, const T* w0, int64_t l
   }
   float s[8] = {V::hsum(a0), V::hsum(a1), V::hsum(a2), V::hsum(a3),
                 V::hsum(b0), V::hsum(b1), V::hsum(b2), V::hsum(b3)};
-  const T* w[4] = {w0, w1, w2, w3};
+  const float* w[4] = {w0, w1, w2, w3};
   for (; i < k; ++i)
     for (int j = 0; j < 4; ++j) {
-      s[j] = std::fma(xa[i], widen(w[j][i]), s[j]);
-      s[4 + j] = std::fma(xb[i], widen(w[j][i]), s[4 + j]);
+      s[j] = std::fma(xa[i], w[j][i], s[j]);
+      s[4 + j] = std::fma(xb[i], w[j][i], s[4 + j]);
     }
   for (int j = 0; j < 4; ++j) ya[j] += s[j];
   if (yb != ya)
     for (int j = 0; j < 4; ++j) yb[j] += s[4 + j];
 }
 
-// y[r, n] = dot(x[r, :], wt[n, :]) for output rows n0 .. n1 and token rows r < m. One token row: one
-// sequential stream of weight rows (measured fastest); more: 4 x 2 register tiles, the four weight rows
-// read from memory once and from L1 for the other token rows.
-template <class V, class T>
-void gemv_range(const float* x, int64_t m, int64_t k, const T* wt, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+// y[r, n] = dot(xp[r, :], W[n, :]) for output rows n0 .. n1 and token rows r < m. One token row: one
+// sequential stream of weight rows (measured fastest); more: 4 x 2 register tiles over the four weight
+// rows decoded once per k-block (float32: read in place), read from L1 for every token row.
+template <class V, class F>
+void gemv_range(const float* xp, int64_t m, int64_t k, const Mat& w, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   int64_t n = n0;
   if (m > 1) {
+    alignas(32) float buf[4 * kBlock];
     for (; n + 4 <= n1; n += 4) {
+      const F f[4] = {F(w, n), F(w, n + 1), F(w, n + 2), F(w, n + 3)};
       for (int64_t r = 0; r < m; ++r) std::fill(y + r * ldy + n, y + r * ldy + n + 4, 0.0f);
       for (int64_t k0 = 0; k0 < k; k0 += kBlock) {  // the 4 weight rows' block and x's stay in L1
         const int64_t len = std::min(kBlock, k - k0);
+        const float* rows = buf;
+        int64_t ld = kBlock;
+        if constexpr (F::kDirect) {
+          rows = f[0].p + k0;
+          ld = k;
+        } else {
+          for (int j = 0; j < 4; ++j) decode_span<V>(f[j], k0, len, buf + j * kBlock);
+        }
         for (int64_t r = 0; r < m; r += 2) {
-          const bool two = r + 1 < m;
-          tile4x2<V>(x + r * k + k0, x + (two ? r + 1 : r) * k + k0, len, wt + n * k + k0, k, y + r * ldy + n,
-                     y + (two ? r + 1 : r) * ldy + n);
+          const int64_t r2 = r + 1 < m ? r + 1 : r;
+          tile4x2<V>(xp + r * k + k0, xp + r2 * k + k0, len, rows, ld, y + r * ldy + n, y + r2 * ldy + n);
         }
       }
+      if constexpr (F::kRowScale)
+        for (int64_t r = 0; r < m; ++r)
+          for (int j = 0; j < 4; ++j) y[r * ldy + n + j] *= f[j].row_scale();
     }
   }
-  for (; n < n1; ++n)
-    for (int64_t r = 0; r < m; ++r) y[r * ldy + n] = dot<V>(x + r * k, wt + n * k, k);
+  for (; n < n1; ++n) {
+    const F f(w, n);
+    for (int64_t r = 0; r < m; ++r) y[r * ldy + n] = dot<V>(xp + r * k, f, k);
+  }
 }
 
 // The GEMV over all n: each thread one contiguous run of kChunk-row chunks (a static schedule: in the
 // predictor, dynamic hand-out of chunks measured 1.7x slower).
-template <class V, class T>
-void gemv_with(const float* x, int64_t m, int64_t k, const T* wt, int64_t n, float* y) {
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
+template <class V, class F>
+void gemv_with(const float* xp, int64_t m, int64_t k, const Mat& w, float* y) {
+  const int64_t chunks = (w.n + kChunk - 1) / kChunk;
   const int threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), chunks));
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t c = 0; c < chunks; ++c)
-    gemv_range<V>(x, m, k, wt, c * kChunk, std::min(n, (c + 1) * kChunk), y, n);
+    gemv_range<V, F>(xp, m, k, w, c * kChunk, std::min(w.n, (c + 1) * kChunk), y, w.n);
 }
 
-template <class T>
-void gemv(const float* x, int64_t m, int64_t k, const T* wt, int64_t n, float* y) {
+template <class F>
+void gemv(const float* xp, int64_t m, int64_t k, const Mat& w, float* y) {
 #ifdef ERNIE_HAVE_AVX2
-  if (!portable_requested()) return gemv_with<Avx2>(x, m, k, wt, n, y);
+  if (!portable_requested()) return gemv_with<Avx2, F>(xp, m, k, w, y);
 #endif
-  gemv_with<Portable>(x, m, k, wt, n, y);
+  gemv_with<Portable, F>(xp, m, k, w, y);
 }
 
-// y [m, n] = x @ wt^T for prefill rows (m > kSmallRows). float32 weights: Paddle's matmul (MKL). Other
-// formats: the same register-decoding kernel as decode, over blocks of kPrefillRows token rows, so each
-// thread's kChunk weight rows stay in cache while every token row of the block passes over them; the
-// weights are read from memory once per block. (Widening tiles into a float32 block for MKL measured
-// 1.5-7x slower than this at 2 threads: a small GEMM per tile, see the report of issue 16.)
-template <class T>
-void prefill_into(const float* x, int64_t m, int64_t k, const T* wt, int64_t n, float* y) {
-  if constexpr (std::is_same_v<T, float>) {
-    auto xt = paddle::from_blob(const_cast<float*>(x), {m, k}, paddle::DataType::FLOAT32);
-    auto wv = paddle::from_blob(const_cast<float*>(wt), {n, k}, paddle::DataType::FLOAT32);
-    auto out = paddle::experimental::matmul(xt, wv, false, true);
-    std::memcpy(y, out.data<float>(), sizeof(float) * m * n);
-  } else {
-    for (int64_t r0 = 0; r0 < m; r0 += kPrefillRows) gemv(x + r0 * k, std::min(kPrefillRows, m - r0), k, wt, n, y + r0 * n);
+// xq [m, k] int8 and xs [m, ceil(k / 32)] scales of the rows x (in the format's unit order, so a block
+// holds the same 32 values either way).
+inline void quantize_rows(const float* x, int64_t m, int64_t k, int8_t* xq, float* xs) {
+  const int64_t blocks = (k + kUnit - 1) / kUnit;
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t lo = r * k + b * kUnit, hi = r * k + std::min(k, (b + 1) * kUnit);
+      float amax = 0.0f;
+      for (int64_t i = lo; i < hi; ++i) amax = std::max(amax, std::fabs(x[i]));
+      float d = amax / 127.0f;
+      d = d >= FLT_MIN ? d : 0.0f;
+      const float inv = d > 0.0f ? 1.0f / d : 0.0f;
+      xs[r * blocks + b] = d;
+      for (int64_t i = lo; i < hi; ++i)
+        xq[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::nearbyint(x[i] * inv))));
+    }
+}
+
+// The int8-mode dot of one quantized activation row (xq, xs) and weight row f: per 32-value block the exact
+// integer dot times the block's scale, into four accumulators, then the row scale.
+template <class V, class F>
+inline float idot(const int8_t* xq, const float* xs, const F& f, int64_t k) {
+  using R = typename V::R;
+  const int64_t units = k / kUnit;
+  auto step = [&](int64_t u, R acc) {
+    typename V::B w;
+    f.unit_i8(u, &w);
+    return V::fmadd(V::idot32(xq + kUnit * u, w), V::set1(xs[u]), acc);
+  };
+  R a0 = V::zero(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t u = 0;
+  for (; u + 4 <= units; u += 4) {
+    a0 = step(u, a0);
+    a1 = step(u + 1, a1);
+    a2 = step(u + 2, a2);
+    a3 = step(u + 3, a3);
   }
+  for (; u < units; ++u) a0 = step(u, a0);
+  float s = V::hsum(V::add(V::add(a0, a1), V::add(a2, a3)));
+  if (units * kUnit < k) {
+    int32_t tail = 0;
+    for (int64_t i = units * kUnit; i < k; ++i) tail += xq[i] * static_cast<int32_t>(f.at(i));
+    s = std::fma(xs[units], static_cast<float>(tail), s);
+  }
+  return s * f.row_scale();
 }
 
-// y [m, n] = x [m, k] @ wt[n, k]^T into y (contiguous): the GEMV for few rows, prefill_into otherwise.
-template <class T>
-void linear_into(const float* x, int64_t m, int64_t k, const T* wt, int64_t n, float* y) {
-  if (m <= kSmallRows)
-    gemv(x, m, k, wt, n, y);
-  else
-    prefill_into(x, m, k, wt, n, y);
+// y [m, n] in the int8 mode: each thread a run of kChunk weight rows, each row read from memory once and
+// from L1 for the other token rows.
+template <class V, class F>
+void igemv_with(const int8_t* xq, const float* xs, int64_t m, int64_t k, const Mat& w, float* y) {
+  const int64_t blocks = (k + kUnit - 1) / kUnit, chunks = (w.n + kChunk - 1) / kChunk;
+  const int threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), chunks));
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int64_t n = c * kChunk; n < std::min(w.n, (c + 1) * kChunk); ++n) {
+      const F f(w, n);
+      for (int64_t r = 0; r < m; ++r) y[r * w.n + n] = idot<V>(xq + r * k, xs + r * blocks, f, k);
+    }
+}
+
+template <class F>
+void int8_linear_into(const float* xp, int64_t m, int64_t k, const Mat& w, float* y) {
+  std::vector<int8_t> xq(m * k);
+  std::vector<float> xs(m * ((k + kUnit - 1) / kUnit));
+  quantize_rows(xp, m, k, xq.data(), xs.data());
+#ifdef ERNIE_HAVE_AVX2
+  if (!portable_requested()) return igemv_with<Avx2, F>(xq.data(), xs.data(), m, k, w, y);
+#endif
+  igemv_with<Portable, F>(xq.data(), xs.data(), m, k, w, y);
+}
+
+// y [m, n] = x [m, k] @ W^T into y (contiguous); int8_act: the int8 activation mode (wint8, wint4; other
+// formats ignore it). Few rows: the GEMV. Prefill: float32 weights through
+// Paddle's matmul (MKL); other formats the GEMV's tiles over blocks of kPrefillRows token rows, so each
+// thread's kChunk weight rows stay in cache while every token row of the block passes over them.
+// (Widening tiles into a float32 block for MKL measured 1.5-7x slower at 2 threads, see issue 16.)
+template <class F>
+void linear_into(const float* x, int64_t m, int64_t k, const Mat& w, float* y, bool int8_act) {
+  if constexpr (std::is_same_v<F, F32>) {
+    if (m > kSmallRows) {
+      auto xt = paddle::from_blob(const_cast<float*>(x), {m, k}, paddle::DataType::FLOAT32);
+      auto wv = paddle::from_blob(const_cast<void*>(w.q), {w.n, k}, paddle::DataType::FLOAT32);
+      auto out = paddle::experimental::matmul(xt, wv, false, true);
+      std::memcpy(y, out.data<float>(), sizeof(float) * m * w.n);
+      return;
+    }
+  }
+  std::vector<float> permuted;
+  const float* xp = x;
+  if constexpr (F::kPermuted) {
+    permuted.resize(m * k);
+    permute_rows<F>(x, m, k, permuted.data());
+    xp = permuted.data();
+  }
+  if constexpr (F::kInt8) {
+    if (int8_act) return int8_linear_into<F>(xp, m, k, w, y);
+  }
+  for (int64_t r0 = 0; r0 < m; r0 += kPrefillRows)
+    gemv<F>(xp + r0 * k, std::min(kPrefillRows, m - r0), k, w, y + r0 * w.n);
 }
 
 }  // namespace ernie

@@ -1,17 +1,19 @@
 // CPU operators of the exported step program (Paddle custom operators, built by predictor_ops.py): float32
-// activations; linear and expert weights float32 or bfloat16 (each in its stored format, decoded in
-// registers by linear_kernels.h; float32 accumulation, so a bf16 weight gives the float32 result of its
-// widened values).
+// activations; linear and expert weights in any stored format of weight_formats.h (float32, bf16, wint8,
+// wint4, fp8, wint2), decoded in registers by linear_kernels.h with float32 accumulation.
 //
 // Weights are stored transposed, W^T [N, K] (one output per contiguous row, like the embedding), so a
-// decode step streams every weight once from memory in long runs.
+// decode step streams every weight once from memory in long runs. Each weight comes with four scale inputs
+// S0..S3 (the format's, see weight_formats.h; unused ones get a dummy float32 [1], never read) and the
+// attributes fmt (the format code) and int8_act (int8 activations for wint8/wint4; others ignore it).
 //
-// ernie_linear(x [..., K], wt [N, K]) -> [..., N]: up to kSmallRows rows run a streaming GEMV (each row
-//     of W^T read once, up to 8 token rows per pass); more rows (prefill) call Paddle's matmul (MKL) for
-//     float32 weights, the register-decoding kernel over blocks of 64 token rows for bf16 ones.
-// ernie_linear_add(x [..., K or 2K], wt [N, K], residual [..., N]; swiglu) -> residual + f(x) @ wt^T, f the
-//     identity or SwiGLU of x's [gate | up] halves: the output projections with their residual add.
-// ernie_moe_experts(x [T, H], ids [T, k], weights [T, k], up_gate_t [E, 2I, H], down_t [E, H, I]) -> [T, H]:
+// ernie_linear(x [..., K], wt, s0..s3; fmt, int8_act) -> [..., N]: up to kSmallRows rows run a streaming
+//     GEMV (each row of W^T read once, up to 8 token rows per pass); more rows (prefill) call Paddle's
+//     matmul (MKL) for float32 weights, the register-decoding kernel over blocks of 64 token rows otherwise.
+// ernie_linear_add(x [..., K or 2K], wt, s0..s3, residual [..., N]; fmt, int8_act, swiglu) -> residual +
+//     f(x) @ W^T, f the identity or SwiGLU of x's [gate | up] halves: the output projections with their add.
+// ernie_moe_experts(x [T, H], ids [T, k], weights [T, k], up_gate [E, 2I, H], ug0..ug3, down [E, H, I],
+//     d0..d3; fmt, int8_act) -> [T, H] (stacks in the stored form, scales with the leading expert axis):
 //     sum over each token's chosen experts of weight * down(silu(gate) * up); only chosen experts run, and
 //     one operator replaces the per-expert conditional blocks of a traced loop.
 // ernie_rms_norm(x [..., H], w [H]; eps) -> w * x * rsqrt(mean(x^2) + eps).
@@ -31,42 +33,31 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "linear_kernels.h"
 #include "paddle/extension.h"
+#include "stored_weights.h"
 
 namespace {
 
-using ernie::bf16_bits;
 using ernie::kSmallRows;
-using ernie::linear_into;
+using ernie::Mat;
+using ernie::WeightInputs;
+using Tensor = paddle::Tensor;
 
 // q . k for attention (float32 both sides) on the selected backend.
 inline float dot(const float* a, const float* b, int64_t k) {
 #ifdef ERNIE_HAVE_AVX2
-  if (!ernie::portable_requested()) return ernie::dot<ernie::Avx2>(a, b, k);
+  if (!ernie::portable_requested()) return ernie::dot<ernie::Avx2>(a, ernie::F32(b), k);
 #endif
-  return ernie::dot<ernie::Portable>(a, b, k);
+  return ernie::dot<ernie::Portable>(a, ernie::F32(b), k);
 }
 
-// The stored format of a weight tensor: float32, or bfloat16 (its raw bits).
-bool is_bf16(const paddle::Tensor& w) {
-  const auto d = w.dtype();
-  PD_CHECK(d == paddle::DataType::FLOAT32 || d == paddle::DataType::BFLOAT16 || d == paddle::DataType::UINT16,
-           "weights must be float32 or bfloat16");
-  return d != paddle::DataType::FLOAT32;
-}
-
-const bf16_bits* bf16_data(const paddle::Tensor& w) { return static_cast<const bf16_bits*>(w.data()); }
-
-// linear_into over a weight of either format, ``offset`` elements into it (an expert of a stack).
-void linear_any(const float* x, int64_t m, int64_t k, const paddle::Tensor& wt, int64_t offset, int64_t n,
-                float* y) {
-  if (is_bf16(wt))
-    linear_into(x, m, k, bf16_data(wt) + offset, n, y);
-  else
-    linear_into(x, m, k, wt.data<float>() + offset, n, y);
+// y [m, w.n] = x [m, w.k] @ W^T for a validated matrix of format fmt.
+void linear_any(int fmt, bool int8_act, const float* x, int64_t m, const Mat& w, float* y) {
+  ernie::with_format(fmt, [&](auto tag) { ernie::linear_into<typename decltype(tag)::type>(x, m, w.k, w, y, int8_act); });
 }
 
 // out [rows, inter] = silu(gate) * up for h [rows, 2 inter] holding [gate | up].
@@ -83,33 +74,43 @@ std::vector<int64_t> out_shape(const std::vector<int64_t>& x, int64_t n) {
   return shape;
 }
 
+int64_t rows_of(const Tensor& t) { return t.shape().empty() ? 0 : t.shape()[0]; }
+
+// The float32 activation x (contiguous) and its width, checked.
+Tensor float_rows(const Tensor& x, const char* op) {
+  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32 && !x.shape().empty() && x.shape().back() > 0, op,
+           ": X must be float32 [..., K] with K > 0; got ", phi::DataTypeToString(x.dtype()), " ",
+           ernie::shape_text(x.shape()));
+  return x.is_contiguous() ? x : x.contiguous();
+}
+
 }  // namespace
 
-std::vector<paddle::Tensor> LinearForward(const paddle::Tensor& x, const paddle::Tensor& wt) {
-  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, "ernie_linear: float32 x only");
-  const bool bf16 = is_bf16(wt);
-  const int64_t k = x.shape().back(), n = wt.shape()[0];
-  PD_CHECK(wt.shape().size() == 2 && wt.shape()[1] == k, "ernie_linear: wt must be [N, K]");
-  const int64_t m = x.numel() / k;
-  auto xc = x.is_contiguous() ? x : x.contiguous();
-  if (m > kSmallRows && !bf16) {  // straight to MKL, no copy of the output
+std::vector<Tensor> LinearForward(const Tensor& x, const Tensor& wt, const Tensor& s0, const Tensor& s1,
+                                  const Tensor& s2, const Tensor& s3, int fmt, bool int8_act) {
+  auto xc = float_rows(x, "ernie_linear");
+  const int64_t k = x.shape().back(), m = x.numel() / k, n = rows_of(wt);
+  const auto w = ernie::stored_weights("ernie_linear", fmt, WeightInputs{wt, s0, s1, s2, s3}, 0, n, k).first;
+  if (m > kSmallRows && fmt == ernie::F32::kCode) {  // straight to MKL, no copy of the output
     auto out = paddle::experimental::matmul(paddle::experimental::reshape(xc, {m, k}), wt, false, true);
     return {paddle::experimental::reshape(out, out_shape(x.shape(), n))};
   }
   auto y = paddle::empty(out_shape(x.shape(), n), paddle::DataType::FLOAT32, paddle::CPUPlace());
-  linear_any(xc.data<float>(), m, k, wt, 0, n, y.data<float>());
+  linear_any(fmt, int8_act, xc.data<float>(), m, w, y.data<float>());
   return {y};
 }
 
-std::vector<paddle::Tensor> LinearAddForward(const paddle::Tensor& x, const paddle::Tensor& wt,
-                                             const paddle::Tensor& residual, bool swiglu) {
-  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32 && residual.dtype() == paddle::DataType::FLOAT32,
-           "ernie_linear_add: float32 only");
-  const int64_t n = wt.shape()[0], k = wt.shape()[1], width = x.shape().back();
-  PD_CHECK(width == (swiglu ? 2 * k : k) && residual.shape().back() == n, "ernie_linear_add: shapes");
-  const int64_t m = x.numel() / width;
-  PD_CHECK(residual.numel() == m * n, "ernie_linear_add: residual shape");
-  auto xc = x.is_contiguous() ? x : x.contiguous();
+std::vector<Tensor> LinearAddForward(const Tensor& x, const Tensor& wt, const Tensor& s0, const Tensor& s1,
+                                     const Tensor& s2, const Tensor& s3, const Tensor& residual, int fmt,
+                                     bool int8_act, bool swiglu) {
+  auto xc = float_rows(x, "ernie_linear_add");
+  const int64_t width = x.shape().back(), k = swiglu ? width / 2 : width, m = x.numel() / width, n = rows_of(wt);
+  PD_CHECK(!swiglu || width % 2 == 0, "ernie_linear_add: X of SwiGLU must hold [gate | up], an even width; got ",
+           width);
+  const auto w = ernie::stored_weights("ernie_linear_add", fmt, WeightInputs{wt, s0, s1, s2, s3}, 0, n, k).first;
+  PD_CHECK(residual.dtype() == paddle::DataType::FLOAT32 && residual.shape() == out_shape(x.shape(), n),
+           "ernie_linear_add: Residual must be float32 ", ernie::shape_text(out_shape(x.shape(), n)), "; got ",
+           phi::DataTypeToString(residual.dtype()), " ", ernie::shape_text(residual.shape()));
   std::vector<float> act;
   const float* in = xc.data<float>();
   if (swiglu) {
@@ -120,24 +121,32 @@ std::vector<paddle::Tensor> LinearAddForward(const paddle::Tensor& x, const padd
   auto rc = residual.is_contiguous() ? residual : residual.contiguous();
   auto y = paddle::empty(residual.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
   float* yp = y.data<float>();
-  linear_any(in, m, k, wt, 0, n, yp);
+  linear_any(fmt, int8_act, in, m, w, yp);
   const float* rp = rc.data<float>();
 #pragma omp simd
   for (int64_t i = 0; i < m * n; ++i) yp[i] += rp[i];
   return {y};
 }
 
-std::vector<paddle::Tensor> MoeExpertsForward(const paddle::Tensor& x, const paddle::Tensor& ids,
-                                              const paddle::Tensor& weights, const paddle::Tensor& up_gate_t,
-                                              const paddle::Tensor& down_t) {
-  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32 && weights.dtype() == paddle::DataType::FLOAT32,
-           "ernie_moe_experts: float32 x and weights");
-  PD_CHECK(ids.dtype() == paddle::DataType::INT64, "ernie_moe_experts: int64 ids");
-  const int64_t t = x.shape()[0], h = x.shape()[1], top = ids.shape()[1];
-  const int64_t experts = up_gate_t.shape()[0], two_i = up_gate_t.shape()[1], inter = two_i / 2;
-  PD_CHECK(up_gate_t.shape()[2] == h && down_t.shape()[0] == experts && down_t.shape()[1] == h &&
-               down_t.shape()[2] == inter, "ernie_moe_experts: expert weight shapes do not match");
-  auto xc = x.is_contiguous() ? x : x.contiguous();
+std::vector<Tensor> MoeExpertsForward(const Tensor& x, const Tensor& ids, const Tensor& weights, const Tensor& ug,
+                                      const Tensor& ug0, const Tensor& ug1, const Tensor& ug2, const Tensor& ug3,
+                                      const Tensor& down, const Tensor& d0, const Tensor& d1, const Tensor& d2,
+                                      const Tensor& d3, int fmt, bool int8_act) {
+  auto xc = float_rows(x, "ernie_moe_experts");
+  PD_CHECK(x.shape().size() == 2, "ernie_moe_experts: X must be [T, H]; got ", ernie::shape_text(x.shape()));
+  const int64_t t = x.shape()[0], h = x.shape()[1];
+  PD_CHECK(ids.dtype() == paddle::DataType::INT64 && ids.shape().size() == 2 && ids.shape()[0] == t,
+           "ernie_moe_experts: Ids must be int64 [T, k] with T = ", t);
+  const int64_t top = ids.shape()[1];
+  PD_CHECK(weights.dtype() == paddle::DataType::FLOAT32 && weights.shape() == ids.shape(),
+           "ernie_moe_experts: Weights must be float32 ", ernie::shape_text(ids.shape()));
+  PD_CHECK(ug.shape().size() == 3 && ug.shape()[1] % 2 == 0, "ernie_moe_experts: UG must be a stack [E, 2I, ...]; ",
+           "got ", ernie::shape_text(ug.shape()));
+  const int64_t experts = ug.shape()[0], two_i = ug.shape()[1], inter = two_i / 2;
+  const auto up_gate = ernie::stored_weights("ernie_moe_experts: UG", fmt, WeightInputs{ug, ug0, ug1, ug2, ug3},
+                                             experts, two_i, h);
+  const auto down_w = ernie::stored_weights("ernie_moe_experts: D", fmt, WeightInputs{down, d0, d1, d2, d3},
+                                            experts, h, inter);
   const float* xp = xc.data<float>();
   const int64_t* idp = ids.data<int64_t>();
   const float* wp = weights.data<float>();
@@ -147,7 +156,7 @@ std::vector<paddle::Tensor> MoeExpertsForward(const paddle::Tensor& x, const pad
   for (int64_t r = 0; r < t; ++r)
     for (int64_t j = 0; j < top; ++j) {
       const int64_t e = idp[r * top + j];
-      PD_CHECK(e >= 0 && e < experts, "ernie_moe_experts: expert id out of range");
+      PD_CHECK(e >= 0 && e < experts, "ernie_moe_experts: expert id out of range: ", e, " of ", experts);
       rows[e].emplace_back(r, wp[r * top + j]);
     }
   std::vector<float> xe, hid, act, out;
@@ -159,9 +168,9 @@ std::vector<paddle::Tensor> MoeExpertsForward(const paddle::Tensor& x, const pad
     act.resize(c * inter);
     out.resize(c * h);
     for (int64_t i = 0; i < c; ++i) std::memcpy(&xe[i * h], xp + rows[e][i].first * h, sizeof(float) * h);
-    linear_any(xe.data(), c, h, up_gate_t, e * two_i * h, two_i, hid.data());
+    linear_any(fmt, int8_act, xe.data(), c, up_gate.expert(e), hid.data());
     swiglu_rows(hid.data(), c, inter, act.data());
-    linear_any(act.data(), c, inter, down_t, e * h * inter, h, out.data());
+    linear_any(fmt, int8_act, act.data(), c, down_w.expert(e), out.data());
     for (int64_t i = 0; i < c; ++i) {
       float* dst = yp + rows[e][i].first * h;
       const float w = rows[e][i].second;
@@ -300,57 +309,61 @@ std::vector<paddle::DataType> Float32Attention(const paddle::DataType&, const pa
   return {paddle::DataType::FLOAT32};
 }
 
-std::vector<std::vector<int64_t>> LinearShape(const std::vector<int64_t>& x, const std::vector<int64_t>& wt) {
-  return {out_shape(x, wt[0])};
+
+#define SHAPE const std::vector<int64_t>&
+#define DTYPE const paddle::DataType&
+
+std::vector<std::vector<int64_t>> LinearShape(SHAPE x, SHAPE wt, SHAPE, SHAPE, SHAPE, SHAPE, int, bool) {
+  return {out_shape(x, wt.empty() ? 0 : wt[0])};
 }
 
-std::vector<std::vector<int64_t>> LinearAddShape(const std::vector<int64_t>&, const std::vector<int64_t>&,
-                                                 const std::vector<int64_t>& residual, bool) {
+std::vector<std::vector<int64_t>> LinearAddShape(SHAPE, SHAPE, SHAPE, SHAPE, SHAPE, SHAPE, SHAPE residual, int, bool,
+                                                 bool) {
   return {residual};
 }
 
-std::vector<paddle::DataType> Float32LinearAdd(const paddle::DataType&, const paddle::DataType&,
-                                               const paddle::DataType&) {
-  return {paddle::DataType::FLOAT32};
-}
-
-std::vector<std::vector<int64_t>> MoeShape(const std::vector<int64_t>& x, const std::vector<int64_t>&,
-                                           const std::vector<int64_t>&, const std::vector<int64_t>&,
-                                           const std::vector<int64_t>&) {
+std::vector<std::vector<int64_t>> MoeShape(SHAPE x, SHAPE, SHAPE, SHAPE, SHAPE, SHAPE, SHAPE, SHAPE, SHAPE, SHAPE,
+                                           SHAPE, SHAPE, SHAPE, int, bool) {
   return {x};
 }
 
-std::vector<std::vector<int64_t>> SameShape(const std::vector<int64_t>& x, const std::vector<int64_t>&) {
-  return {x};
-}
-
-std::vector<paddle::DataType> Float32(const paddle::DataType&, const paddle::DataType&) {
+std::vector<paddle::DataType> Float32Linear(DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE) {
   return {paddle::DataType::FLOAT32};
 }
 
-std::vector<paddle::DataType> Float32Moe(const paddle::DataType&, const paddle::DataType&, const paddle::DataType&,
-                                         const paddle::DataType&, const paddle::DataType&) {
+std::vector<paddle::DataType> Float32LinearAdd(DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE) {
   return {paddle::DataType::FLOAT32};
 }
+
+std::vector<paddle::DataType> Float32Moe(DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE,
+                                         DTYPE, DTYPE) {
+  return {paddle::DataType::FLOAT32};
+}
+
+std::vector<std::vector<int64_t>> SameShape(SHAPE x, SHAPE) { return {x}; }
+
+std::vector<paddle::DataType> Float32(DTYPE, DTYPE) { return {paddle::DataType::FLOAT32}; }
 
 PD_BUILD_OP(ernie_linear)
-    .Inputs({"X", "WT"})
+    .Inputs({"X", "WT", "S0", "S1", "S2", "S3"})
     .Outputs({"Out"})
+    .Attrs({"fmt: int", "int8_act: bool"})
     .SetKernelFn(PD_KERNEL(LinearForward))
     .SetInferShapeFn(PD_INFER_SHAPE(LinearShape))
-    .SetInferDtypeFn(PD_INFER_DTYPE(Float32));
+    .SetInferDtypeFn(PD_INFER_DTYPE(Float32Linear));
 
 PD_BUILD_OP(ernie_linear_add)
-    .Inputs({"X", "WT", "Residual"})
+    .Inputs({"X", "WT", "S0", "S1", "S2", "S3", "Residual"})
     .Outputs({"Out"})
-    .Attrs({"swiglu: bool"})
+    .Attrs({"fmt: int", "int8_act: bool", "swiglu: bool"})
     .SetKernelFn(PD_KERNEL(LinearAddForward))
     .SetInferShapeFn(PD_INFER_SHAPE(LinearAddShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(Float32LinearAdd));
 
 PD_BUILD_OP(ernie_moe_experts)
-    .Inputs({"X", "Ids", "Weights", "UpGateT", "DownT"})
+    .Inputs({"X", "Ids", "Weights", "UG", "UG0", "UG1", "UG2", "UG3", "D", "D0", "D1", "D2", "D3"})
     .Outputs({"Out"})
+    .Attrs({"fmt: int", "int8_act: bool"})
     .SetKernelFn(PD_KERNEL(MoeExpertsForward))
     .SetInferShapeFn(PD_INFER_SHAPE(MoeShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(Float32Moe));

@@ -1,97 +1,287 @@
-// Eight-lane float vectors and the decode of each stored weight format into them.
+// The stored weight formats of the kernel library and their decode in registers, per backend.
 //
-// Two backends with identical results: Avx2 (AVX2 + FMA registers) and Portable (plain C++, lane by lane,
-// std::fma: the same fused products and the same reduction order as Avx2). The kernels in
-// linear_kernels.h are written once over a backend V; Portable runs where the build CPU lacks AVX2, or
-// when ERNIE_PADDLE_PORTABLE_KERNELS=1 (the tests compare the two).
+// Every weight is stored in kernel form: transposed, W^T [N, K], one output per row (bytes exact; the
+// codes are the `fmt` attribute of the operators, see predictor_ops.cc):
+//   0 float32  [N, K] float32                      W = w
+//   1 bf16     [N, K] bf16 bits                    W = widen(w)
+//   2 wint8    [N, K] int8, S0 f32 [N]             W = q * S0[n]
+//   3 wint4    [N, K/2] bytes, S0 f32 [N]          byte j: low nibble k = 2j, high nibble k = 2j + 1 (-8..7)
+//   4 fp8      [N, K] e4m3 bytes, S0 f32 [ceil(N/128), ceil(K/128)]      W = e4m3(q) * S0[n/128, k/128]
+//   5 wint2    [N, K/4] bytes, S0 u8 [N, ceil(K/128)] local scales (byte g/2: high nibble even 64-group g,
+//              low odd g), S1 super scale, S2 code scale, S3 code zero point (f32 [N] each); byte j holds
+//              k = 4j + s: c = floor(b * S2 + S3 + 0.5) (float32: mul, add, add), q = ((c >> 9 - 3s) & 63) - 32,
+//              W = q * nibble(k / 64) * S1[n] (quant/wint2.py's reference, transposed).
 //
-// A weight format is its stored element type with a decode per backend: V::load8(const float*) for
-// float32, V::load8(const uint16_t*) for bf16 (the high half of a float32: widening is a 16-bit shift,
-// exact). widen(T) is the scalar decode used for row tails. New formats add an overload of each.
+// A format is a small struct built per weight row n (F(mat, n)) that the kernels of linear_kernels.h are
+// written over:
+//   unit(u, w)      the 32 values of decode unit u as four vectors (one overload per backend); lane j of
+//                   vector v is k = unit_k(u, 8v + j). Formats that pack several k per byte permute the
+//                   unit (wint4: evens then odds; wint2: k = 4i + s in vector s) and the kernels permute the
+//                   activation row once per call the same way, so each decoded lane meets its x.
+//   at(k)           the scalar value at k (row tails, and the portable decode lane by lane)
+//   group_scale(g)  the scale of k-group g (kGroup values; fp8 blocks, wint2 64-groups), applied to the
+//                   partial sums of the group; row_scale() the per-row scale applied to the finished dot.
+//   unit_i8(u, b)   (wint8, wint4: kInt8) the unit's 32 values as int8 in the same order, for the int8
+//                   activation mode (int8_kernels.h).
+// Values of at/unit are the stored integers (fp8: the e4m3 value * 2^-8, which F16C decodes exactly; its
+// group scale carries the 2^8). Every decode is exact, so Avx2 and Portable give identical results.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define ERNIE_HAVE_AVX2 1
-#endif
+#include "vectors.h"
 
 namespace ernie {
 
-using bf16_bits = uint16_t;  // a bfloat16 weight as its raw bits
+constexpr int64_t kUnit = 32;  // k values per decode unit: four 8-lane vectors
 
-inline float widen(float v) { return v; }
-inline float widen(bf16_bits v) {
-  const uint32_t bits = static_cast<uint32_t>(v) << 16;
+// One stored weight matrix W^T [n, k] in kernel form (a linear, or one expert of a stack).
+struct Mat {
+  const void* q = nullptr;  // the stored rows
+  const void* s0 = nullptr;  // the format's scales (see the table above)
+  const float* s1 = nullptr;
+  const float* s2 = nullptr;
+  const float* s3 = nullptr;
+  int64_t n = 0, k = 0;
+};
+
+inline float bits_to_float(uint32_t bits) {
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
 }
 
-// The plain C++ backend: one struct of eight lanes, each operation lane by lane.
-struct Portable {
-  struct R {
-    float v[8];
-  };
-  static R zero() { return R{{0, 0, 0, 0, 0, 0, 0, 0}}; }
-  static R load8(const float* p) {
-    R r;
-    std::memcpy(r.v, p, sizeof r.v);
-    return r;
-  }
-  static R load8(const bf16_bits* p) {
-    R r;
-    for (int i = 0; i < 8; ++i) r.v[i] = widen(p[i]);
-    return r;
-  }
-  static void store8(float* p, R a) { std::memcpy(p, a.v, sizeof a.v); }
-  static R fmadd(R a, R b, R c) {
-    for (int i = 0; i < 8; ++i) c.v[i] = std::fma(a.v[i], b.v[i], c.v[i]);
-    return c;
-  }
-  static R add(R a, R b) {
-    for (int i = 0; i < 8; ++i) a.v[i] += b.v[i];
-    return a;
-  }
-  static float hsum(R a) {  // the order of Avx2::hsum: (lane i + lane i+4), then (0 + 2) + (1 + 3)
-    float s[4];
-    for (int i = 0; i < 4; ++i) s[i] = a.v[i] + a.v[i + 4];
-    return (s[0] + s[2]) + (s[1] + s[3]);
-  }
+// Defaults of a format: no scales, no permutation.
+struct Unscaled {
+  static constexpr int64_t kGroup = 0;  // k per group scale; 0: none
+  static constexpr bool kRowScale = false;
+  static constexpr bool kPermuted = false;
+  static constexpr bool kDirect = false;  // rows are float32 already (the tiles read them in place)
+  static constexpr bool kInt8 = false;  // has unit_i8: the int8 activation mode applies
+  static int64_t unit_k(int64_t u, int j) { return kUnit * u + j; }
+  static float group_scale(int64_t) { return 1.0f; }
+  static float row_scale() { return 1.0f; }
 };
 
-#ifdef ERNIE_HAVE_AVX2
-struct Avx2 {
-  using R = __m256;
-  static R zero() { return _mm256_setzero_ps(); }
-  static R load8(const float* p) { return _mm256_loadu_ps(p); }
-  static R load8(const bf16_bits* p) {  // 8 x u16 -> 8 x u32, shifted into the high half
-    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-  }
-  static void store8(float* p, R a) { _mm256_storeu_ps(p, a); }
-  static R fmadd(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
-  static R add(R a, R b) { return _mm256_add_ps(a, b); }
-  static float hsum(R v) {
-    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
-  }
-};
-#endif
+// The portable decode of any format: lane by lane through at().
+template <class F>
+inline void unit_lanes(const F& f, int64_t u, Portable::R* w) {
+  for (int v = 0; v < 4; ++v)
+    for (int j = 0; j < 8; ++j) w[v].v[j] = f.at(F::unit_k(u, 8 * v + j));
+}
 
-// True when the portable backend is asked for (read per call: tests switch it).
-inline bool portable_requested() {
+struct F32 : Unscaled {
+  static constexpr int kCode = 0;
+  static constexpr bool kDirect = true;
+  const float* p;
+  F32(const Mat& w, int64_t n) : p(static_cast<const float*>(w.q) + n * w.k) {}
+  explicit F32(const float* row) : p(row) {}
+  float at(int64_t k) const { return p[k]; }
+  void unit(int64_t u, Portable::R* w) const { unit_lanes(*this, u, w); }
 #ifdef ERNIE_HAVE_AVX2
-  const char* v = std::getenv("ERNIE_PADDLE_PORTABLE_KERNELS");
-  return v != nullptr && v[0] == '1';
-#else
-  return true;
+  void unit(int64_t u, __m256* w) const {
+    for (int v = 0; v < 4; ++v) w[v] = _mm256_loadu_ps(p + kUnit * u + 8 * v);
+  }
 #endif
+};
+
+struct Bf16 : Unscaled {  // the high half of a float32: widening is a 16-bit shift, exact
+  static constexpr int kCode = 1;
+  const uint16_t* p;
+  Bf16(const Mat& w, int64_t n) : p(static_cast<const uint16_t*>(w.q) + n * w.k) {}
+  float at(int64_t k) const { return bits_to_float(static_cast<uint32_t>(p[k]) << 16); }
+  void unit(int64_t u, Portable::R* w) const { unit_lanes(*this, u, w); }
+#ifdef ERNIE_HAVE_AVX2
+  void unit(int64_t u, __m256* w) const {
+    for (int v = 0; v < 4; ++v) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + kUnit * u + 8 * v));
+      w[v] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+  }
+#endif
+};
+
+struct Wint8 : Unscaled {
+  static constexpr int kCode = 2;
+  static constexpr bool kRowScale = true;
+  static constexpr bool kInt8 = true;
+  const int8_t* p;
+  float scale;
+  Wint8(const Mat& w, int64_t n) : p(static_cast<const int8_t*>(w.q) + n * w.k), scale(static_cast<const float*>(w.s0)[n]) {}
+  float at(int64_t k) const { return static_cast<float>(p[k]); }
+  float row_scale() const { return scale; }
+  void unit(int64_t u, Portable::R* w) const { unit_lanes(*this, u, w); }
+#ifdef ERNIE_HAVE_AVX2
+  void unit(int64_t u, __m256* w) const {
+    const __m128i* src = reinterpret_cast<const __m128i*>(p + kUnit * u);
+    const __m128i a = _mm_loadu_si128(src), b = _mm_loadu_si128(src + 1);
+    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a));
+    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a, 8)));
+    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
+  }
+  void unit_i8(int64_t u, __m256i* b) const { *b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + kUnit * u)); }
+#endif
+  void unit_i8(int64_t u, Portable::B* b) const { std::memcpy(b->v, p + kUnit * u, kUnit); }
+};
+
+struct Wint4 : Unscaled {
+  static constexpr int kCode = 3;
+  static constexpr bool kRowScale = true;
+  static constexpr bool kInt8 = true;
+  static constexpr bool kPermuted = true;
+  const uint8_t* p;
+  float scale;
+  Wint4(const Mat& w, int64_t n)
+      : p(static_cast<const uint8_t*>(w.q) + n * (w.k / 2)), scale(static_cast<const float*>(w.s0)[n]) {}
+  // unit position j < 16: k = 2j (low nibbles of the unit's 16 bytes); j >= 16: k = 2(j - 16) + 1
+  static int64_t unit_k(int64_t u, int j) { return kUnit * u + (j < 16 ? 2 * j : 2 * (j - 16) + 1); }
+  static int nibble(uint8_t b, int64_t k) { return (((k & 1) ? b >> 4 : b & 15) ^ 8) - 8; }
+  float at(int64_t k) const { return static_cast<float>(nibble(p[k >> 1], k)); }
+  float row_scale() const { return scale; }
+  void unit(int64_t u, Portable::R* w) const { unit_lanes(*this, u, w); }
+  void unit_i8(int64_t u, Portable::B* b) const {
+    for (int j = 0; j < kUnit; ++j) b->v[j] = static_cast<int8_t>(nibble(p[unit_k(u, j) >> 1], unit_k(u, j)));
+  }
+#ifdef ERNIE_HAVE_AVX2
+  // The unit's low nibbles (k = 2j) and high nibbles (k = 2j + 1) as sign-extended int8: (v ^ 8) - 8.
+  void nibbles(int64_t u, __m128i* lo, __m128i* hi) const {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * u));
+    const __m128i m = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
+    *lo = _mm_sub_epi8(_mm_xor_si128(_mm_and_si128(b, m), eight), eight);
+    *hi = _mm_sub_epi8(_mm_xor_si128(_mm_and_si128(_mm_srli_epi16(b, 4), m), eight), eight);
+  }
+  void unit_i8(int64_t u, __m256i* b) const {
+    __m128i lo, hi;
+    nibbles(u, &lo, &hi);
+    *b = _mm256_set_m128i(hi, lo);
+  }
+  void unit(int64_t u, __m256* w) const {
+    __m128i lo, hi;
+    nibbles(u, &lo, &hi);
+    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+  }
+#endif
+};
+
+struct Fp8 : Unscaled {
+  static constexpr int kCode = 4;
+  static constexpr int64_t kBlock = 128;  // the scale grid's block, both axes
+  static constexpr int64_t kGroup = kBlock;
+  const uint8_t* p;
+  const float* scales;  // this row's block-row of S0
+  Fp8(const Mat& w, int64_t n)
+      : p(static_cast<const uint8_t*>(w.q) + n * w.k),
+        scales(static_cast<const float*>(w.s0) + (n / kBlock) * ((w.k + kBlock - 1) / kBlock)) {}
+  // e4m3 * 2^-8, exact: normal (1 + M/8) 2^(E-15) is float32 exponent E + 112; subnormal M 2^-17. (The NaN
+  // codes 0x7F/0xFF, which the loaders refuse, decode as 1.875 like F16C's.)
+  static float decode(uint8_t b) {
+    const uint32_t a = b & 0x7Fu, e = a >> 3, m = a & 7u;
+    const float f = e ? bits_to_float(((e + 112u) << 23) | (m << 20)) : static_cast<float>(m) * (1.0f / 131072.0f);
+    return (b & 0x80u) ? -f : f;
+  }
+  float at(int64_t k) const { return decode(p[k]); }
+  float group_scale(int64_t g) const { return scales[g] * 256.0f; }
+  void unit(int64_t u, Portable::R* w) const { unit_lanes(*this, u, w); }
+#ifdef ERNIE_HAVE_AVX2
+  // The byte's 7 magnitude bits shifted left by 7 form the fp16 of e4m3 * 2^-8 (subnormals included).
+  void unit(int64_t u, __m256* w) const {
+    const __m128i m7f = _mm_set1_epi16(0x7F), m80 = _mm_set1_epi16(0x80);
+    for (int v = 0; v < 4; ++v) {
+      const __m128i h = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + kUnit * u + 8 * v)));
+      const __m128i f16 = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(h, m7f), 7), _mm_slli_epi16(_mm_and_si128(h, m80), 8));
+      w[v] = _mm256_cvtph_ps(f16);
+    }
+  }
+#endif
+};
+
+struct Wint2 : Unscaled {
+  static constexpr int kCode = 5;
+  static constexpr int64_t kGroup = 64;
+  static constexpr bool kRowScale = true;
+  static constexpr bool kPermuted = true;
+  const uint8_t* p;
+  const uint8_t* local;  // this row's local scale bytes
+  float super_scale, code_scale, code_zp;
+  Wint2(const Mat& w, int64_t n)
+      : p(static_cast<const uint8_t*>(w.q) + n * (w.k / 4)),
+        local(static_cast<const uint8_t*>(w.s0) + n * ((w.k + 127) / 128)),
+        super_scale(w.s1[n]), code_scale(w.s2[n]), code_zp(w.s3[n]) {}
+  static int64_t unit_k(int64_t u, int j) { return kUnit * u + 4 * (j & 7) + (j >> 3); }
+  int32_t code(uint8_t b) const {  // float32 mul, add, add (never fused), as numpy computes it
+    float c = static_cast<float>(b) * code_scale;
+    c = c + code_zp;
+    c = c + 0.5f;
+    return static_cast<int32_t>(std::floor(c));
+  }
+  float at(int64_t k) const {
+    return static_cast<float>(((code(p[k >> 2]) >> (9 - 3 * (k & 3))) & 0x3F) - 32);
+  }
+  float group_scale(int64_t g) const {
+    const uint8_t b = local[g >> 1];
+    return static_cast<float>((g & 1) ? b & 15 : b >> 4);
+  }
+  float row_scale() const { return super_scale; }
+  void unit(int64_t u, Portable::R* w) const { unit_lanes(*this, u, w); }
+#ifdef ERNIE_HAVE_AVX2
+  void unit(int64_t u, __m256* w) const {
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * u));
+    __m256 c = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)), _mm256_set1_ps(code_scale));
+    c = _mm256_add_ps(_mm256_add_ps(c, _mm256_set1_ps(code_zp)), _mm256_set1_ps(0.5f));
+    const __m256i ci = _mm256_cvttps_epi32(_mm256_floor_ps(c));
+    const __m256i mask = _mm256_set1_epi32(0x3F), zp = _mm256_set1_epi32(32);
+    w[0] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srai_epi32(ci, 9), mask), zp));
+    w[1] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srai_epi32(ci, 6), mask), zp));
+    w[2] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srai_epi32(ci, 3), mask), zp));
+    w[3] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(ci, mask), zp));
+  }
+#endif
+};
+
+// The value of k with its group scale (row tails).
+template <class F>
+inline float scaled_at(const F& f, int64_t k) {
+  if constexpr (F::kGroup > 0)
+    return f.at(k) * f.group_scale(k / F::kGroup);
+  else
+    return f.at(k);
+}
+
+// xp = x's rows [m, k] in F's unit order (full units permuted, the tail as is).
+template <class F>
+void permute_rows(const float* x, int64_t m, int64_t k, float* xp) {
+  const int64_t units = k / kUnit;
+  for (int64_t r = 0; r < m; ++r) {
+    const float* a = x + r * k;
+    float* b = xp + r * k;
+    for (int64_t u = 0; u < units; ++u)
+      for (int j = 0; j < kUnit; ++j) b[kUnit * u + j] = a[F::unit_k(u, j)];
+    for (int64_t i = units * kUnit; i < k; ++i) b[i] = a[i];
+  }
+}
+
+template <class F>
+struct Tag {
+  using type = F;
+};
+
+// fn(Tag<F>{}) for the format of code fmt (already validated).
+template <class Fn>
+void with_format(int fmt, Fn&& fn) {
+  switch (fmt) {
+    case F32::kCode: return fn(Tag<F32>{});
+    case Bf16::kCode: return fn(Tag<Bf16>{});
+    case Wint8::kCode: return fn(Tag<Wint8>{});
+    case Wint4::kCode: return fn(Tag<Wint4>{});
+    case Fp8::kCode: return fn(Tag<Fp8>{});
+    default: return fn(Tag<Wint2>{});
+  }
 }
 
 }  // namespace ernie

@@ -1,7 +1,7 @@
 """Quantized weights: formats (block-wise FP8, WINT2 (CCQ), weight-only int8/int4), configs, one linear's
 checkpoint tensors, and ``QuantLinear``, the runtime layer over them.
 
-``fp8``, ``wint2``, ``weight_only``, ``config`` and ``tensors`` need only numpy, so the converters (layer 1)
+``fp8``, ``wint2``, ``weight_only``, ``config``, ``tensors`` and ``kernel_form`` need only numpy, so the converters (layer 1)
 use them without importing paddle; ``linear`` (QuantLinear) is loaded on first use.
 """
 

@@ -9,17 +9,22 @@ Folder layout::
     config.json          the normalized config (Paddle dialect) the program was built from
     generation_config.json, tokenizer files ...   copied from the checkpoint
 
-Weights (``weights=``): a CPU export with the compiled operators keeps a bf16 checkpoint's linear, expert
-and embedding weights in bfloat16 (``"auto"``, the default; ``"bfloat16"`` asks for it, rounding float32
-weights; ``"float32"`` widens): the parameters are then the checkpoint's size. Norms and the MoE router stay
-float32; a tied head is the bf16 embedding itself. The exporting process still loads the dygraph model in
-float32 first (``runtime.text``), so its peak memory is that of the float32 model plus the bf16 copies.
+Weights: a CPU export with the compiled operators stores every linear in its own format (the manifest's
+``weight_formats``, each weight by name): a quantized linear (a quantized checkpoint, or ``quantization=``)
+as its compact kernel form (wint8, wint4, fp8, wint2: the checkpoint's bytes, transposed); float linears, the
+embedding and a tied head in bfloat16 for a bf16 checkpoint (``weights="auto"``, the default: most of the
+checkpoint's float bytes are bf16; ``"bfloat16"`` asks for it, rounding float32 weights; ``"float32"``
+widens), else float32. Norms and the MoE router stay float32. The parameters are then about the
+checkpoint's size. The exporting process loads the dygraph model first (``runtime.text``: quantized
+linears compact, other weights float32), so its peak memory is that model plus the bf16 copies and one
+stacked copy of the routed experts (``stored_weights``).
 
-Quantized checkpoints (and ``quantization=``) are dequantized at export: the program computes on the
-float32 values of the quantized weights, so its logits are those of the quantized model, while its
-memory and speed are those of a float32 model (the dygraph engine keeps the compact weights; ``auto``
-picks it for quantized checkpoints). The export is written into a temporary sibling folder and renamed
-into place only when complete.
+``activations`` ("float32" or "int8"; default ``DEFAULT_ACTIVATIONS``): "int8" runs the wint8/wint4 linears
+on int8-quantized activations (the operators' ``int8_act`` mode: integer dot products, logits within the
+mode's documented error of the float32 ones); the manifest records the mode. Paddle's op set (GPU, or no
+compiler) has no quantized operators: it multiplies by float32 dequantized copies, and the manifest says
+``dequantized_at_export``. The export is written into a temporary sibling folder and renamed into place
+only when complete.
 """
 
 from __future__ import annotations
@@ -39,18 +44,14 @@ from ernie_paddle.io.checkpoint import open_checkpoint
 from ernie_paddle.kernels import predictor_ops
 from ernie_paddle.quant.linear import quantization_methods
 from ernie_paddle.runtime.predictor import manifest as mf
-from ernie_paddle.runtime.predictor.program import (
-    INPUT_NAMES,
-    PROGRAM_VERSION,
-    WEIGHT_FORMATS,
-    input_specs,
-    save_program,
-)
+from ernie_paddle.runtime.predictor.program import INPUT_NAMES, PROGRAM_VERSION, input_specs, save_program
+from ernie_paddle.runtime.predictor.stored_weights import ACTIVATIONS, FLOAT_FORMATS, INT8_ACT_FORMATS
 from ernie_paddle.runtime.predictor.support import unsupported_reason
 from ernie_paddle.runtime.text import load_text
 from ernie_paddle.version import __version__
 
 DEFAULT_MAX_BATCH = 32
+DEFAULT_ACTIVATIONS = "float32"  # of quantized wint8/wint4 linears: "float32" or "int8" (module docstring)
 
 
 def supports(config: ErnieConfig) -> str | None:
@@ -67,17 +68,28 @@ def native_ops(device: str, dtype: str):
 
 
 def checkpoint_weight_format(source, weights: str | None = "auto") -> str:
-    """The format of the exported linear weights: ``weights`` when given, else (``"auto"``) bfloat16 when
-    most of the checkpoint's bytes are bf16 (a bf16 release keeps only its router in float32), else
-    float32 (float32 and quantized checkpoints)."""
+    """The format of the exported float weights (linears that are not quantized, the embedding): ``weights``
+    when given, else (``"auto"``) bfloat16 when the checkpoint holds more bf16 bytes than float32 ones (a
+    bf16 release keeps only its router in float32; a quantized one its scales), else float32."""
     if weights not in (None, "auto"):
         name = {"bf16": "bfloat16", "fp32": "float32"}.get(weights, weights)
-        if name not in WEIGHT_FORMATS:
+        if name not in FLOAT_FORMATS:
             raise ErnieError(f"unknown weight format {weights!r} (auto, float32 or bfloat16)")
         return name
     ckpt = open_checkpoint(source)
-    bf16 = sum(ckpt.specs[n].nbytes for n in ckpt.keys() if ckpt.dtype_code(n) == "BF16")
-    return "bfloat16" if 2 * bf16 > ckpt.total_bytes else "float32"
+    nbytes = {"BF16": 0, "F32": 0}
+    for n in ckpt.keys():
+        if ckpt.dtype_code(n) in nbytes:
+            nbytes[ckpt.dtype_code(n)] += ckpt.specs[n].nbytes
+    return "bfloat16" if nbytes["BF16"] > nbytes["F32"] else "float32"
+
+
+def resolve_activations(activations: str | None) -> str:
+    """``activations`` checked, or ``DEFAULT_ACTIVATIONS``."""
+    activations = activations or DEFAULT_ACTIVATIONS
+    if activations not in ACTIVATIONS:
+        raise ErnieError(f"unknown activations {activations!r} (one of {', '.join(ACTIVATIONS)})")
+    return activations
 
 
 def _copy_side_files(source: Path, dest: Path) -> list[str]:
@@ -102,12 +114,15 @@ def _program_io(config: ErnieConfig, dtype: str) -> dict:
 
 def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT_MAX_BATCH,
            dtype: str | None = None, device: str | None = "cpu", overwrite: bool = False,
-           digest: str | None = None, quantization: str | None = None, weights: str | None = "auto") -> Path:
+           digest: str | None = None, quantization: str | None = None, weights: str | None = "auto",
+           activations: str | None = None) -> Path:
     """Export the checkpoint folder ``source`` (HF or Paddle layout) to the folder ``out``; ``quantization``
-    quantizes on load (then dequantizes, like a quantized checkpoint: see the module docstring);
-    ``weights``: the stored format of the linear weights (auto, float32 or bfloat16; module docstring)."""
+    quantizes on load (exported compact, like a quantized checkpoint); ``weights``: the stored format of the
+    float weights (auto, float32 or bfloat16); ``activations``: of wint8/wint4 linears (float32 or int8;
+    see the module docstring)."""
 
     source, out = Path(source), Path(out)
+    activations = resolve_activations(activations)
     if mf.is_export_folder(source):
         raise ErnieError("this is already an export folder; export takes a checkpoint folder", source)
     if out.exists() and not overwrite and any(out.iterdir()):
@@ -119,7 +134,7 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
     if max_batch < 1 or (max_seq_len is not None and max_seq_len < 2):
         raise ErnieError("--max-batch must be >= 1 and --max-seq-len >= 2")
     digest = digest or mf.checkpoint_digest(source)
-    fmt = checkpoint_weight_format(source, weights) if quantization is None else "float32"
+    fmt = checkpoint_weight_format(source, weights)
     rt = load_text(source, dtype=dtype, device=device, quantization=quantization)
     config = rt.config
     method = quantization_methods(rt.model)
@@ -129,9 +144,13 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
     tmp.mkdir()
     try:
         native = native_ops(rt.device, rt.dtype)
+        if native is None and activations != "float32":
+            raise ErnieError(f"activations={activations!r} needs the compiled CPU operators, which this export "
+                             f"does not use ({predictor_ops.build_error() or 'device ' + rt.device})", source)
         ops, formats = save_program(rt.model, str(tmp / "step"), rt.dtype, native,
-                                    fmt if native is not None and method is None else "float32")
-        config.replace(quantization_config=None).write(tmp, "paddle")  # the export's weights are float/bf16
+                                    fmt if native is not None else "float32", activations)
+        int8_act = activations == "int8" and bool(set(formats.values()) & set(INT8_ACT_FORMATS))
+        config.replace(quantization_config=None).write(tmp, "paddle")  # formats: the manifest's weight_formats
         side = _copy_side_files(source, tmp)
         manifest = {
             "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION,
@@ -141,7 +160,8 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
             "source": {"path": str(source.resolve()), "format": open_checkpoint(source).format,
                        "digest": digest},
             "dtype": rt.dtype, "device": "gpu" if rt.device.startswith("gpu") else "cpu",
-            "weights": {"quantization": method, "dequantized_at_export": method is not None},
+            "weights": {"quantization": method, "dequantized_at_export": method is not None and ops != "native",
+                        "activations": "int8" if int8_act else "float32"},
             **mf.weight_formats_entry(formats),
             "max_seq_len": max_seq_len, "max_batch": int(max_batch),
             "program": {"file": mf.PROGRAM, "params": mf.PARAMS, "version": PROGRAM_VERSION, "ops": ops,
@@ -169,23 +189,30 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
     return out
 
 
-def cache_folder(digest: str, dtype: str, device: str = "cpu", weight_format: str = "float32") -> Path:
-    """Where the export cache keeps the export of a checkpoint with ``digest`` (bf16 native exports are
-    named apart from the float32 ones of earlier versions)."""
+def cache_folder(digest: str, dtype: str, device: str = "cpu", weight_format: str = "float32",
+                 quantization: str | None = None, activations: str = "float32") -> Path:
+    """Where the export cache keeps the export of a checkpoint with ``digest``: named apart by op set, float
+    weight format, on-load quantization and activation mode."""
     ops = "native" if native_ops(device, dtype) is not None else "paddle"
     fmt = "-bf16" if ops == "native" and weight_format == "bfloat16" else ""
+    fmt += f"-{quantization}" if quantization else ""
+    fmt += "-int8act" if ops == "native" and activations == "int8" else ""
     return mf.home() / "exports" / f"{digest[:24]}-{dtype}-{ops}{fmt}-v{PROGRAM_VERSION}-paddle{paddle.__version__}"
 
 
-def export_cached(source, dtype: str = "float32", device: str | None = "cpu") -> Path:
-    """The cached export of ``source`` (exported on first use); a cached folder made from a different
-    checkpoint than its name says is an error, never reused."""
+def export_cached(source, dtype: str = "float32", device: str | None = "cpu", quantization: str | None = None,
+                  activations: str | None = None) -> Path:
+    """The cached export of ``source`` (exported on first use; ``quantization`` and ``activations`` as for
+    ``export``); a cached folder made from a different checkpoint than its name says is an error, never
+    reused."""
     source = Path(source)
+    activations = resolve_activations(activations)
     digest = mf.checkpoint_digest(source)
     folder = cache_folder(digest, dtype, "gpu" if str(device).startswith("gpu") else "cpu",
-                          checkpoint_weight_format(source))
+                          checkpoint_weight_format(source), quantization, activations)
     if not mf.is_export_folder(folder):
-        export(source, folder, max_batch=1024, dtype=dtype, device=device, digest=digest)
+        export(source, folder, max_batch=1024, dtype=dtype, device=device, digest=digest,
+               quantization=quantization, activations=activations)
     recorded = mf.read_manifest(folder).get("source", {}).get("digest")
     if recorded != digest:
         raise ErnieError(f"cached export was made from a checkpoint with digest {str(recorded)[:16]}..., not "

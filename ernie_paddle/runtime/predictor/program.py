@@ -10,8 +10,10 @@ layer in one operator, one operator each for RMSNorm, the rotary split and atten
 writes attention with ``swiglu``, shape-free reshapes and one rotary rotation (a tiny matmul, exact) for q
 and k together: the dygraph forms cost about twice as many small ops per layer. On the 0.3B shape the
 native program has about 175 operations. Parity with dygraph is tested to 1e-5 at every step
-(tests/test_predictor.py). Neither op set changes the model: the native one holds transposed [out, in]
-copies of the linear weights (float32, or bfloat16 for a bf16 checkpoint: ``NativeOps``), and both hold float32 copies of quantized linears (dequantized at export).
+(tests/test_predictor.py). Neither op set changes the model. The native one passes each linear in its stored
+format (``stored_weights``: a quantized linear's own compact buffers, transposed float32 or bfloat16 copies
+of float linears); Paddle's holds float32 copies of quantized linears (dequantized at export: it has no
+quantized operators).
 
 One program serves prefill and decode: the KV buffer ``kv`` [L, 2, B, nkv, C, hd] is an input that the
 runner shares zero-copy with the predictor; the program writes the new tokens' keys/values into columns
@@ -32,9 +34,9 @@ from paddle.static import InputSpec
 from ernie_paddle.models.layers import NEG_INF, causal_mask, rope_cos_sin
 from ernie_paddle.models.ops import EagerOps, using
 from ernie_paddle.quant.linear import QuantLinear, float_weight
+from ernie_paddle.runtime.predictor.stored_weights import StoredWeights
 
-PROGRAM_VERSION = 10  # bump when the traced program changes: the export cache keys on it
-WEIGHT_FORMATS = ("float32", "bfloat16")  # formats of the native op set's stored weights
+PROGRAM_VERSION = 11  # bump when the traced program changes: the export cache keys on it
 INPUT_NAMES = ("input_ids", "positions", "key_mask", "start", "logit_index", "kv")
 
 
@@ -140,76 +142,35 @@ class PaddleOps(nn.Layer, EagerOps):
 
 
 class NativeOps(nn.Layer, EagerOps):
-    """The compiled CPU operators (``predictor_ops.cc``) over transposed [out, in] copies of every linear
-    weight (routed experts stacked per layer: [E, 2I, H] and [E, H, I]) in ``weight_format``: float32, or
-    bfloat16 (the stored size of a bf16 checkpoint; the operators widen in registers, exact). A tied head is
-    the embedding itself, already [V, H]: float32 weights use the model's embedding, bfloat16 ones one bf16
-    copy that serves the row gather (widened after it) and the head. ``formats`` maps each stored weight's
-    name to its format. The copies are this op set's; the model keeps its own weights."""
+    """The compiled CPU operators (``predictor_ops.cc``) over ``StoredWeights``: each linear in its stored
+    format (a QuantLinear's own kernel-form buffers, float linears as transposed float32 or bfloat16
+    copies, routed experts stacked per layer), ``formats`` the format of each stored weight by name. The
+    model keeps its own weights."""
 
     name = "native"
 
-    def __init__(self, model, module, weight_format: str = "float32"):
+    def __init__(self, model, module, weight_format: str = "float32", activations: str = "float32"):
         super().__init__()
-        if weight_format not in WEIGHT_FORMATS:
-            raise ValueError(f"weight format {weight_format!r} is not one of {WEIGHT_FORMATS}")
-        self.module, self._model, self.weight_format = module, [model], weight_format
-        self.weights = nn.ParameterList()
-        self.formats: dict[str, str] = {}
-        self._names = {id(layer): name for name, layer in model.named_sublayers()}
-        self._index: dict[int, int] = {}  # id of an original linear -> index of its copy in self.weights
-        self._experts: dict[int, tuple[int, int]] = {}  # id of a SparseMoE -> (up_gate, down) indices
-        for i, layer in enumerate(model.ernie.layers):
-            mlp = layer.mlp
-            if model.config.is_moe_layer(i):
-                if list(mlp.owned) != list(range(mlp.gate.weight.shape[1])):
-                    raise ValueError("the native program runs MoE layers that hold all of their experts")
-                prefix = self._names[id(mlp)] + ".experts"
-                self._experts[id(mlp)] = (self._add([m.up_gate_proj for m in mlp.experts], prefix + ".up_gate_proj"),
-                                          self._add([m.down_proj for m in mlp.experts], prefix + ".down_proj"))
-                mlp = mlp.shared_experts
-            linears = [layer.self_attn.qkv_proj, layer.self_attn.o_proj]
-            linears += [mlp.up_gate_proj, mlp.down_proj] if mlp is not None else []
-            for lin in linears:
-                self._index[id(lin)] = self._add([lin])
-        if not model.config.tie_word_embeddings:
-            self._index[id(model.lm_head)] = self._add([model.lm_head])
-        self.table = None  # the bf16 embedding copy (gather and tied head), when the format is bfloat16
-        if weight_format != "float32":
-            emb = model.ernie.embed_tokens.weight
-            self.table = _append(self, self.weights, self._stored(emb))
-            self.formats[self._names[id(model.ernie.embed_tokens)] + ".weight"] = weight_format
-        else:
-            self.formats[self._names[id(model.ernie.embed_tokens)] + ".weight"] = "float32"
-
-    def _add(self, layers, name: str | None = None) -> int:
-        """Append the transposed (and, for several layers, stacked) weights of ``layers`` in this op set's
-        format: one linear at a time is transposed in float32 and converted, so no float32 copy of more
-        than one linear lives beside the model."""
-        mats = [self._stored(paddle.transpose(float_weight(lin), [1, 0])) for lin in layers]
-        self.formats[name or self._names[id(layers[0])] + ".weight"] = self.weight_format
-        return _append(self, self.weights, (mats[0] if len(mats) == 1 else paddle.stack(mats)).contiguous())
-
-    def _stored(self, mat):
-        """``mat`` in this op set's weight format."""
-        return mat if self.weight_format == "float32" else mat.astype(self.weight_format)
+        self.module = module
+        self.stored = StoredWeights(model, weight_format, activations)
+        self.formats = self.stored.formats
 
     def embed(self, embedding, ids):
         """Rows ``ids`` of the embedding table, float32."""
-        if self.table is None:
-            return paddle.gather(embedding.weight, ids)
-        return paddle.gather(self.weights[self.table], ids).astype("float32")
+        return _as(paddle.gather(self.stored.table, ids), paddle.float32)
 
     def begin(self, config) -> None:
         """No per-trace constants: the operators rotate pairs themselves."""
 
     def linear(self, x, layer):
-        return self.module.ernie_linear(x, self.weights[self._index[id(layer)]])
+        s = self.stored[layer]
+        return self.module.ernie_linear(x, *s.tensors, s.fmt, s.int8_act)
 
     def linear_add(self, x, layer, residual=None, swiglu=False):
         if residual is None:
             return self.linear(F.swiglu(x) if swiglu else x, layer)
-        return self.module.ernie_linear_add(x, self.weights[self._index[id(layer)]], residual, swiglu)
+        s = self.stored[layer]
+        return self.module.ernie_linear_add(x, *s.tensors, residual, s.fmt, s.int8_act, swiglu)
 
     def norm(self, layer, x):
         return self.module.ernie_rms_norm(x, layer.weight, layer.eps)
@@ -227,16 +188,13 @@ class NativeOps(nn.Layer, EagerOps):
         return self.module.ernie_attention(q, slot.step.kv, mask, slot.step.start, slot.index)
 
     def experts(self, moe, flat, ids, weights):
-        up_gate, down = self._experts[id(moe)]
-        return self.module.ernie_moe_experts(flat, ids, weights.astype("float32"), self.weights[up_gate],
-                                             self.weights[down])
+        up_gate, down = self.stored[moe]
+        return self.module.ernie_moe_experts(flat, ids, weights.astype("float32"), *up_gate.tensors,
+                                             *down.tensors, up_gate.fmt, up_gate.int8_act)
 
     def head(self, hidden):
-        model = self._model[0]
-        if model.config.tie_word_embeddings:
-            table = model.ernie.embed_tokens.weight if self.table is None else self.weights[self.table]
-            return self.module.ernie_linear(hidden, table)
-        return self.linear(hidden, model.lm_head)
+        s = self.stored.head
+        return self.module.ernie_linear(hidden, *s.tensors, s.fmt, s.int8_act)
 
 
 def _append(owner: nn.Layer, params: nn.ParameterList, data) -> int:
@@ -271,13 +229,13 @@ def _rope(x, cos2, sin2, rotation):
 class StepProgram(nn.Layer):
     """An ``ErnieForCausalLM``'s own forward as one static step function (trace it inside ``using(ops)``)."""
 
-    def __init__(self, model, native_module=None, weight_format: str = "float32"):
+    def __init__(self, model, native_module=None, weight_format: str = "float32", activations: str = "float32"):
         """``native_module``: the compiled CPU operators (``predictor_ops.get()``), else Paddle's own (which
-        keep the model's float32 weights); ``weight_format``: the native op set's linear weights."""
+        keep the model's float32 weights); ``weight_format`` and ``activations``: see ``StoredWeights``."""
         super().__init__()
         self.model = model
         self.config = model.config
-        self.ops = (NativeOps(model, native_module, weight_format) if native_module is not None
+        self.ops = (NativeOps(model, native_module, weight_format, activations) if native_module is not None
                     else PaddleOps(model))
 
     def forward(self, input_ids, positions, key_mask, start, logit_index, kv):
@@ -309,11 +267,11 @@ def input_specs(config, dtype: str = "float32") -> list[InputSpec]:
 
 
 def save_program(model, prefix: str, dtype: str = "float32", native_module=None,
-                 weight_format: str = "float32") -> tuple[str, dict[str, str]]:
-    """Trace ``StepProgram(model, native_module, weight_format)`` and write ``prefix.json`` +
+                 weight_format: str = "float32", activations: str = "float32") -> tuple[str, dict[str, str]]:
+    """Trace ``StepProgram(model, native_module, weight_format, activations)`` and write ``prefix.json`` +
     ``prefix.pdiparams`` (PIR); returns the operator set's name and the format of each weight it stores
     (empty for Paddle's op set: the model's own weights). ``model`` is left as it was."""
-    step = StepProgram(model, native_module, weight_format)
+    step = StepProgram(model, native_module, weight_format, activations)
     step.eval()
     specs = input_specs(model.config, dtype)
     static = paddle.jit.to_static(step, input_spec=specs, full_graph=True)

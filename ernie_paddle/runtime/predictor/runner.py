@@ -21,7 +21,8 @@ from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.kernels import predictor_ops
 from ernie_paddle.runtime.predictor import manifest as mf
-from ernie_paddle.runtime.predictor.program import INPUT_NAMES, PROGRAM_VERSION, WEIGHT_FORMATS
+from ernie_paddle.runtime.predictor.program import INPUT_NAMES, PROGRAM_VERSION
+from ernie_paddle.runtime.predictor.stored_weights import WEIGHT_FORMATS
 from ernie_paddle.runtime.setup import setup
 
 ONEDNN_NOTE = """oneDNN is off by default on CPU: with it, every decode step changes the key length, so each op

@@ -48,9 +48,9 @@ class PredictorRuntime(ErnieRuntime):
 
 
 def load_predictor(path, dtype: str | None = None, device: str | None = None,
-                   num_threads: int | None = None) -> PredictorRuntime:
+                   num_threads: int | None = None, quantization: str | None = None) -> PredictorRuntime:
     """A PredictorRuntime for an export folder, or for a checkpoint via the export cache (exported on
-    first use)."""
+    first use; ``quantization`` quantizes it on load, as ``export`` does)."""
     folder = Path(path)
     dev = resolve_device(device)
     want = resolve_dtype(dtype, dev)
@@ -58,7 +58,10 @@ def load_predictor(path, dtype: str | None = None, device: str | None = None,
         reason = supports(ErnieConfig.from_file(folder))
         if reason:
             raise ErnieError(reason, folder)
-        folder = export_cached(folder, want, dev)
+        folder = export_cached(folder, want, dev, quantization)
+    elif quantization is not None:
+        raise ErnieError(f"quantization={quantization!r} applies to checkpoints; this export folder holds "
+                         f"{mf.read_manifest(folder).get('weight_format', 'float32')} weights", folder)
     elif dtype is not None and want != mf.read_manifest(folder)["dtype"]:
         raise ErnieError(f"this export computes in {mf.read_manifest(folder)['dtype']}, not {want}; export "
                          "again for that dtype", folder)

@@ -22,12 +22,22 @@ def unsupported_reason(config) -> str | None:
     return None
 
 
-def resolve_engine(path, engine: str | None) -> str:
+def compiled_quantized(device: str | None) -> bool:
+    """Whether an export for ``device`` keeps quantized linears compact: the compiled CPU operators (GPU
+    exports, and CPU ones without a compiler, multiply by dequantized float32 copies)."""
+    from ernie_paddle.kernels import predictor_ops
+    from ernie_paddle.runtime.setup import resolve_device
+
+    return resolve_device(device) == "cpu" and predictor_ops.get() is not None
+
+
+def resolve_engine(path, engine: str | None, quantization: str | None = None, device: str | None = None) -> str:
     """"predictor" or "dygraph" for ``path`` and the requested ``engine``.
 
     None: ``$ERNIE_PADDLE_ENGINE``, else the predictor for an export folder and dygraph for a checkpoint.
     "auto": the predictor wherever it supports the model (the CLI default), else dygraph; a quantized
-    checkpoint stays on dygraph, which keeps its compact weights (an export holds them dequantized).
+    checkpoint (or ``quantization``) goes to the predictor only where its export keeps the compact weights
+    (``compiled_quantized`` on ``device``), else stays on dygraph.
     """
     engine = (engine or os.environ.get("ERNIE_PADDLE_ENGINE") or "").strip().lower() or None
     if engine is not None and engine not in ENGINES:
@@ -39,8 +49,9 @@ def resolve_engine(path, engine: str | None) -> str:
                              "for --engine dygraph", path)
         return "predictor"
     if engine == "auto":
-
         config = ErnieConfig.from_file(path)
-        quantized = bool(config.quantization_config)
-        return "predictor" if unsupported_reason(config) is None and not quantized else "dygraph"
+        if unsupported_reason(config) is not None:
+            return "dygraph"
+        quantized = bool(config.quantization_config) or quantization is not None
+        return "predictor" if not quantized or compiled_quantized(device) else "dygraph"
     return engine or "dygraph"
