@@ -47,9 +47,8 @@ def probe() -> dict:
     if "activations" not in params:
         return {"compact": False, "default_activations": None}
     default = params["activations"].default
-    if not isinstance(default, str):  # the default lives in one constant of the predictor package
-        default = next((v for k, v in vars(mod).items() if k.endswith("ACTIVATIONS") and isinstance(v, str)),
-                       "float32")
+    if not isinstance(default, str):  # None: the export's one constant
+        default = getattr(mod, "DEFAULT_ACTIVATIONS", "float32")
     return {"compact": True, "default_activations": default}
 
 

@@ -46,8 +46,9 @@ MAX_SEQ_LEN = 512
 
 
 def _fresh(path: Path, source: Path) -> bool:
-    """``path`` exists and is not older than ``source`` (caches are rebuilt when the checkpoint is)."""
-    return path.exists() and path.stat().st_mtime >= source.stat().st_mtime
+    """``path`` exists and is not older than ``source`` when that exists (caches are rebuilt when the
+    checkpoint is)."""
+    return path.exists() and (not source.exists() or path.stat().st_mtime >= source.stat().st_mtime)
 
 
 class Bench:
@@ -73,17 +74,23 @@ class Bench:
 
     def quantized(self, root: Path, hf: Path, method: str) -> tuple[Path, Path]:
         out, twin = root / f"q-{method}", root / f"twin-{method}"
-        if not (_fresh(out / "config.json", hf / "config.json") and _fresh(twin / "config.json", out / "config.json")):
+        if not (_fresh(out / "config.json", hf / "config.json") and self._twin_done(root, method, twin, out / "config.json")):
             self.log(f"{root.name}: writing the {method} checkpoint and its dequantized twin")
             self.child("quantize", str(hf), str(out), str(twin), method)
         return out, twin
 
     def gguf(self, root: Path, hf: Path, qtype: str) -> tuple[Path, Path | None]:
         path, twin = root / f"{qtype}.gguf", (root / f"twin-{qtype}" if qtype in TWINNED else None)
-        if not (_fresh(path, hf / "config.json") and (twin is None or _fresh(twin / "config.json", path))):
+        if not (_fresh(path, hf / "config.json") and (twin is None or self._twin_done(root, qtype, twin, path))):
             self.log(f"{root.name}: writing {path.name}" + (" and its dequantized twin" if twin else ""))
             self.child("gguf", str(hf), str(path), qtype, None if twin is None else str(twin))
         return path, twin
+
+    @staticmethod
+    def _twin_done(root: Path, name: str, twin: Path, made: Path) -> bool:
+        """The twin of the file ``made`` exists, or its reference logits do (twins are deleted after use)."""
+        return _fresh(twin / "config.json", made) or (_fresh(root / "logits" / f"ref-{name}.npy", made)
+                                                      and made.exists())
 
     def reference(self, root: Path, name: str, folder: Path, vocab: int) -> np.ndarray:
         npy = root / "logits" / f"ref-{name}.npy"
@@ -175,6 +182,9 @@ class Bench:
         for row in rows:
             if row.get("bytes_per_step"):
                 row["ceiling_tok_s_b1"] = bandwidth * 1e9 / row["bytes_per_step"]
+        if not self.args.keep_twins:  # their logits are cached; a full-size float32 copy each
+            for twin in (self.args.workdir / shape).glob("twin-*"):
+                shutil.rmtree(twin, ignore_errors=True)
         return rows
 
 
@@ -195,6 +205,7 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=256, help="accuracy positions (0: no accuracy table)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_formats"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep-twins", action="store_true", help="keep the dequantized float32 twins")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
