@@ -165,8 +165,8 @@ def gguf(folder: str, path: str, qtype: str, twin: str | None) -> dict:
     return {"seconds": time.perf_counter() - start}
 
 
-ROLES = {"hf": hf, "baseline": baseline, "quantize": quantize, "gguf": gguf, "probe": probe, "export": export, "ours": ours,
-         "ours-logits": ours_logits, "llamacpp": llamacpp, "llamacpp-logits": llamacpp_logits,
+ROLES = {"hf": hf, "baseline": baseline, "quantize": quantize, "gguf": gguf, "probe": probe, "export": export,
+         "ours": ours, "ours-logits": ours_logits, "llamacpp": llamacpp, "llamacpp-logits": llamacpp_logits,
          "reference": reference}
 
 

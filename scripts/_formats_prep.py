@@ -52,7 +52,7 @@ def quant_config(method: str):
 def unavailable_reason(method: str, config) -> str | None:
     """Why ``method`` has no checkpoint for this shape (None: it has one)."""
     if method == "wint2" and not config.moe_num_experts:
-        return ("n/a for a dense model: WINT2 (CCQ) is the release's routed-expert format; a quantization_config "
+        return ("dense model: WINT2 (CCQ) is the release's routed-expert format; a quantization_config "
                 "cannot mark dense linears wint2, so there is no dense WINT2 checkpoint to load")
     return None
 

@@ -74,7 +74,8 @@ class Bench:
 
     def quantized(self, root: Path, hf: Path, method: str) -> tuple[Path, Path]:
         out, twin = root / f"q-{method}", root / f"twin-{method}"
-        if not (_fresh(out / "config.json", hf / "config.json") and self._twin_done(root, method, twin, out / "config.json")):
+        made = out / "config.json"
+        if not (_fresh(made, hf / "config.json") and self._twin_done(root, method, twin, made)):
             self.log(f"{root.name}: writing the {method} checkpoint and its dequantized twin")
             self.child("quantize", str(hf), str(out), str(twin), method)
         return out, twin
@@ -86,14 +87,15 @@ class Bench:
             self.child("gguf", str(hf), str(path), qtype, None if twin is None else str(twin))
         return path, twin
 
-    @staticmethod
-    def _twin_done(root: Path, name: str, twin: Path, made: Path) -> bool:
+    def _ref_npy(self, root: Path, name: str) -> Path:
+        return root / "logits" / f"ref-{name}-{self.args.positions}.npy"
+
+    def _twin_done(self, root: Path, name: str, twin: Path, made: Path) -> bool:
         """The twin of the file ``made`` exists, or its reference logits do (twins are deleted after use)."""
-        return _fresh(twin / "config.json", made) or (_fresh(root / "logits" / f"ref-{name}.npy", made)
-                                                      and made.exists())
+        return made.exists() and (_fresh(twin / "config.json", made) or _fresh(self._ref_npy(root, name), made))
 
     def reference(self, root: Path, name: str, folder: Path, vocab: int) -> np.ndarray:
-        npy = root / "logits" / f"ref-{name}.npy"
+        npy = self._ref_npy(root, name)
         if not _fresh(npy, folder / "config.json"):
             self.log(f"{root.name}: transformers logits on {folder.name}")
             npy.parent.mkdir(parents=True, exist_ok=True)
