@@ -188,7 +188,7 @@ def test_wint2_dequant_bit_exact_with_edge_cases():
     assert np.array_equal(bits(dequantize_weight("wint2", t, k, n)), bits(want))
     lin = QuantLinear.from_tensors("wint2", t, k, n)
     assert np.array_equal(bits(lin.dequantize().numpy()), bits(want))
-    assert lin.quant_weight.dtype == paddle.uint8 and lin.quant_weight.shape == [k // 4, n]
+    assert lin.weight_t.dtype == paddle.uint8 and lin.weight_t.shape == [n, k // 4]  # the kernel form: [N, K/4]
 
 
 def test_wint2_encoder_makes_valid_tensors():
@@ -262,7 +262,7 @@ def test_quant_linear_forward_and_compact_storage():
     for method, nbytes in (("fp8", k * n), ("wint8", k * n), ("wint4", k * n // 2), ("wint2", k * n // 4)):
         t = quantize_weight(method, w)
         lin = QuantLinear.from_tensors(method, t, k, n)
-        assert lin.quant_weight.numel() * 1 == nbytes  # one byte per stored element
+        assert lin.weight_t.numel() * 1 == nbytes  # one byte per stored element
         ref = dequantize_weight(method, t, k, n)
         y = lin(paddle.to_tensor(x)).numpy()
         assert y.shape == (2, 3, n)

@@ -19,9 +19,11 @@
 #include <algorithm>
 #include <cfloat>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <type_traits>
-#include <vector>
 
 #include "paddle/extension.h"
 #include "weight_formats.h"
@@ -32,6 +34,17 @@ constexpr int64_t kSmallRows = 8;
 constexpr int64_t kBlock = 512;  // k per pass of the tiles (a multiple of every kGroup): 4 rows = 8 KB
 constexpr int64_t kChunk = 64;  // output rows per work item (a multiple of 4: the 4 x 2 tiles)
 constexpr int64_t kPrefillRows = 64;  // token rows per pass over the weights in prefill (non-float32)
+
+// A 64-byte aligned scratch array (the per-call activation copies: aligned vector loads).
+template <class T>
+struct Scratch {
+  std::unique_ptr<T, void (*)(void*)> data;
+  explicit Scratch(int64_t count)
+      : data(static_cast<T*>(std::aligned_alloc(64, (count * sizeof(T) + 63) / 64 * 64 + 64)), std::free) {
+    if (data == nullptr) throw std::bad_alloc();
+  }
+  T* get() const { return data.get(); }
+};
 
 // dot(xp, row f) over k: four independent accumulators per scale group (so loads stream at full speed),
 // the group's partial sum times its group scale, the scalar tail, then the row scale.
@@ -176,11 +189,13 @@ inline void quantize_rows(const float* x, int64_t m, int64_t k, int8_t* xq, floa
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t lo = r * k + b * kUnit, hi = r * k + std::min(k, (b + 1) * kUnit);
       float amax = 0.0f;
+#pragma omp simd reduction(max : amax)
       for (int64_t i = lo; i < hi; ++i) amax = std::max(amax, std::fabs(x[i]));
       float d = amax / 127.0f;
       d = d >= FLT_MIN ? d : 0.0f;
       const float inv = d > 0.0f ? 1.0f / d : 0.0f;
       xs[r * blocks + b] = d;
+#pragma omp simd
       for (int64_t i = lo; i < hi; ++i)
         xq[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::nearbyint(x[i] * inv))));
     }
@@ -215,8 +230,8 @@ inline float idot(const int8_t* xq, const float* xs, const F& f, int64_t k) {
   return s * f.row_scale();
 }
 
-// y [m, n] in the int8 mode: each thread a run of kChunk weight rows, each row read from memory once and
-// from L1 for the other token rows.
+// y [m, n] (row stride n) in the int8 mode: each thread a run of kChunk weight rows, each row read from
+// memory once and from L1 for the other token rows.
 template <class V, class F>
 void igemv_with(const int8_t* xq, const float* xs, int64_t m, int64_t k, const Mat& w, float* y) {
   const int64_t blocks = (k + kUnit - 1) / kUnit, chunks = (w.n + kChunk - 1) / kChunk;
@@ -231,13 +246,22 @@ void igemv_with(const int8_t* xq, const float* xs, int64_t m, int64_t k, const M
 
 template <class F>
 void int8_linear_into(const float* xp, int64_t m, int64_t k, const Mat& w, float* y) {
-  std::vector<int8_t> xq(m * k);
-  std::vector<float> xs(m * ((k + kUnit - 1) / kUnit));
-  quantize_rows(xp, m, k, xq.data(), xs.data());
+  Scratch<int8_t> xq(m * k);
+  Scratch<float> xs(m * ((k + kUnit - 1) / kUnit));
+  quantize_rows(xp, m, k, xq.get(), xs.get());
+  const int64_t blocks = (k + kUnit - 1) / kUnit;
+  for (int64_t r0 = 0; r0 < m; r0 += kPrefillRows) {  // prefill: the weights pass once per block of rows
+    const int8_t* xb = xq.get() + r0 * k;
+    const float* sb = xs.get() + r0 * blocks;
+    const int64_t rows = std::min(kPrefillRows, m - r0);
 #ifdef ERNIE_HAVE_AVX2
-  if (!portable_requested()) return igemv_with<Avx2, F>(xq.data(), xs.data(), m, k, w, y);
+    if (!portable_requested()) {
+      igemv_with<Avx2, F>(xb, sb, rows, k, w, y + r0 * w.n);
+      continue;
+    }
 #endif
-  igemv_with<Portable, F>(xq.data(), xs.data(), m, k, w, y);
+    igemv_with<Portable, F>(xb, sb, rows, k, w, y + r0 * w.n);
+  }
 }
 
 // y [m, n] = x [m, k] @ W^T into y (contiguous); int8_act: the int8 activation mode (wint8, wint4; other
@@ -256,12 +280,11 @@ void linear_into(const float* x, int64_t m, int64_t k, const Mat& w, float* y, b
       return;
     }
   }
-  std::vector<float> permuted;
+  Scratch<float> permuted(F::kPermuted ? m * k : 0);
   const float* xp = x;
   if constexpr (F::kPermuted) {
-    permuted.resize(m * k);
-    permute_rows<F>(x, m, k, permuted.data());
-    xp = permuted.data();
+    permute_rows<F>(x, m, k, permuted.get());
+    xp = permuted.get();
   }
   if constexpr (F::kInt8) {
     if (int8_act) return int8_linear_into<F>(xp, m, k, w, y);

@@ -54,7 +54,7 @@ inline float bits_to_float(uint32_t bits) {
 }
 
 // Defaults of a format: no scales, no permutation.
-struct Unscaled {
+struct FormatDefaults {
   static constexpr int64_t kGroup = 0;  // k per group scale; 0: none
   static constexpr bool kRowScale = false;
   static constexpr bool kPermuted = false;
@@ -72,7 +72,7 @@ inline void unit_lanes(const F& f, int64_t u, Portable::R* w) {
     for (int j = 0; j < 8; ++j) w[v].v[j] = f.at(F::unit_k(u, 8 * v + j));
 }
 
-struct F32 : Unscaled {
+struct F32 : FormatDefaults {
   static constexpr int kCode = 0;
   static constexpr bool kDirect = true;
   const float* p;
@@ -87,7 +87,7 @@ struct F32 : Unscaled {
 #endif
 };
 
-struct Bf16 : Unscaled {  // the high half of a float32: widening is a 16-bit shift, exact
+struct Bf16 : FormatDefaults {  // the high half of a float32: widening is a 16-bit shift, exact
   static constexpr int kCode = 1;
   const uint16_t* p;
   Bf16(const Mat& w, int64_t n) : p(static_cast<const uint16_t*>(w.q) + n * w.k) {}
@@ -103,7 +103,7 @@ struct Bf16 : Unscaled {  // the high half of a float32: widening is a 16-bit sh
 #endif
 };
 
-struct Wint8 : Unscaled {
+struct Wint8 : FormatDefaults {
   static constexpr int kCode = 2;
   static constexpr bool kRowScale = true;
   static constexpr bool kInt8 = true;
@@ -114,20 +114,16 @@ struct Wint8 : Unscaled {
   float row_scale() const { return scale; }
   void unit(int64_t u, Portable::R* w) const { unit_lanes(*this, u, w); }
 #ifdef ERNIE_HAVE_AVX2
-  void unit(int64_t u, __m256* w) const {
-    const __m128i* src = reinterpret_cast<const __m128i*>(p + kUnit * u);
-    const __m128i a = _mm_loadu_si128(src), b = _mm_loadu_si128(src + 1);
-    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a));
-    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a, 8)));
-    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
+  void unit(int64_t u, __m256* w) const {  // one sign-extending load (vpmovsxbd) per 8 values
+    for (int v = 0; v < 4; ++v)
+      w[v] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + kUnit * u + 8 * v))));
   }
   void unit_i8(int64_t u, __m256i* b) const { *b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + kUnit * u)); }
 #endif
   void unit_i8(int64_t u, Portable::B* b) const { std::memcpy(b->v, p + kUnit * u, kUnit); }
 };
 
-struct Wint4 : Unscaled {
+struct Wint4 : FormatDefaults {
   static constexpr int kCode = 3;
   static constexpr bool kRowScale = true;
   static constexpr bool kInt8 = true;
@@ -146,30 +142,32 @@ struct Wint4 : Unscaled {
     for (int j = 0; j < kUnit; ++j) b->v[j] = static_cast<int8_t>(nibble(p[unit_k(u, j) >> 1], unit_k(u, j)));
   }
 #ifdef ERNIE_HAVE_AVX2
-  // The unit's low nibbles (k = 2j) and high nibbles (k = 2j + 1) as sign-extended int8: (v ^ 8) - 8.
-  void nibbles(int64_t u, __m128i* lo, __m128i* hi) const {
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * u));
-    const __m128i m = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
-    *lo = _mm_sub_epi8(_mm_xor_si128(_mm_and_si128(b, m), eight), eight);
-    *hi = _mm_sub_epi8(_mm_xor_si128(_mm_and_si128(_mm_srli_epi16(b, 4), m), eight), eight);
-  }
+  // int8: the 16 bytes in both halves, the upper half shifted by 4 (vpblendd, no shuffle port), so the
+  // masked nibbles are [low nibbles | high nibbles]; sign-extended as (v ^ 8) - 8.
   void unit_i8(int64_t u, __m256i* b) const {
-    __m128i lo, hi;
-    nibbles(u, &lo, &hi);
-    *b = _mm256_set_m128i(hi, lo);
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * u)));
+    const __m256i both = _mm256_blend_epi32(v, _mm256_srli_epi16(v, 4), 0xF0);
+    const __m256i eight = _mm256_set1_epi8(8);
+    *b = _mm256_sub_epi8(_mm256_xor_si256(_mm256_and_si256(both, _mm256_set1_epi8(15)), eight), eight);
   }
+  // float32: each byte zero-extended into a 32-bit lane (vpmovzxbd); a nibble v becomes the float
+  // 2^23 + (v ^ 8) by or-ing in 2^23's exponent (one xor: v's bits lie below it), minus 2^23 + 8: the
+  // signed value (v ^ 8) - 8, exact, with no integer-to-float conversion.
   void unit(int64_t u, __m256* w) const {
-    __m128i lo, hi;
-    nibbles(u, &lo, &hi);
-    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
-    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
-    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
-    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+    const __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 16 * u)));
+    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 16 * u + 8)));
+    const __m256i low = _mm256_set1_epi32(15), magic = _mm256_set1_epi32(0x4B000008);
+    const __m256 bias = _mm256_set1_ps(8388616.0f);  // 2^23 + 8
+    auto value = [&](__m256i v) { return _mm256_sub_ps(_mm256_castsi256_ps(_mm256_xor_si256(v, magic)), bias); };
+    w[0] = value(_mm256_and_si256(a, low));
+    w[1] = value(_mm256_and_si256(b, low));
+    w[2] = value(_mm256_srli_epi32(a, 4));
+    w[3] = value(_mm256_srli_epi32(b, 4));
   }
 #endif
 };
 
-struct Fp8 : Unscaled {
+struct Fp8 : FormatDefaults {
   static constexpr int kCode = 4;
   static constexpr int64_t kBlock = 128;  // the scale grid's block, both axes
   static constexpr int64_t kGroup = kBlock;
@@ -189,19 +187,20 @@ struct Fp8 : Unscaled {
   float group_scale(int64_t g) const { return scales[g] * 256.0f; }
   void unit(int64_t u, Portable::R* w) const { unit_lanes(*this, u, w); }
 #ifdef ERNIE_HAVE_AVX2
-  // The byte's 7 magnitude bits shifted left by 7 form the fp16 of e4m3 * 2^-8 (subnormals included).
+  // Each byte in the high half of a 16-bit lane (unpack with zero), shifted right by one (arithmetic) and
+  // bit 14 cleared: sign at 15, the 7 magnitude bits at 13..7, the fp16 of e4m3 * 2^-8 (subnormals included).
   void unit(int64_t u, __m256* w) const {
-    const __m128i m7f = _mm_set1_epi16(0x7F), m80 = _mm_set1_epi16(0x80);
-    for (int v = 0; v < 4; ++v) {
-      const __m128i h = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + kUnit * u + 8 * v)));
-      const __m128i f16 = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(h, m7f), 7), _mm_slli_epi16(_mm_and_si128(h, m80), 8));
-      w[v] = _mm256_cvtph_ps(f16);
+    const __m128i zero = _mm_setzero_si128(), keep = _mm_set1_epi16(static_cast<int16_t>(0xBFFF));
+    for (int h = 0; h < 2; ++h) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + kUnit * u + 16 * h));
+      w[2 * h] = _mm256_cvtph_ps(_mm_and_si128(_mm_srai_epi16(_mm_unpacklo_epi8(zero, b), 1), keep));
+      w[2 * h + 1] = _mm256_cvtph_ps(_mm_and_si128(_mm_srai_epi16(_mm_unpackhi_epi8(zero, b), 1), keep));
     }
   }
 #endif
 };
 
-struct Wint2 : Unscaled {
+struct Wint2 : FormatDefaults {
   static constexpr int kCode = 5;
   static constexpr int64_t kGroup = 64;
   static constexpr bool kRowScale = true;
