@@ -155,11 +155,11 @@ def quantize(source: str, out: str, twin: str, method: str) -> dict:
     return {"seconds": time.perf_counter() - start}
 
 
-def gguf(folder: str, path: str, qtype: str, twin: str | None) -> dict:
+def gguf(folder: str, path: str, qtype: str, embedding: str | None, twin: str | None) -> dict:
     import bench_llamacpp
 
     start = time.perf_counter()
-    bench_llamacpp.write_gguf(Path(folder), Path(path), qtype)
+    bench_llamacpp.write_gguf(Path(folder), Path(path), qtype, embedding)
     if twin:
         bench_llamacpp.write_dequantized_twin(Path(folder), Path(path), Path(twin))
     return {"seconds": time.perf_counter() - start}

@@ -41,7 +41,7 @@ from _formats_report import accuracy, print_tables, ratios, row_name  # noqa: E4
 OURS = (("float32", None), ("bfloat16", None), ("wint8", "float32"), ("wint8", "int8"), ("wint4", "float32"),
         ("wint4", "int8"), ("fp8", None), ("wint2", None))  # (format, activation mode; None: the default)
 LLAMACPP = ("F32", "BF16", "Q8_0", "Q4_0")
-TWINNED = ("Q8_0", "Q4_0")  # GGUFs whose dequantized twin is an accuracy reference
+QUANTIZED_GGUF = ("Q8_0", "Q4_0")  # their dequantized twin is an accuracy reference
 MAX_SEQ_LEN = 512
 
 
@@ -81,10 +81,13 @@ class Bench:
         return out, twin
 
     def gguf(self, root: Path, hf: Path, qtype: str) -> tuple[Path, Path | None]:
-        path, twin = root / f"{qtype}.gguf", (root / f"twin-{qtype}" if qtype in TWINNED else None)
-        if not (_fresh(path, hf / "config.json") and (twin is None or self._twin_done(root, qtype, twin, path))):
+        wanted = self.args.llamacpp_embedding
+        embedding = wanted if qtype in QUANTIZED_GGUF and wanted not in ("same", qtype) else None
+        stem = qtype if embedding is None else f"{qtype}-embd-{embedding}"
+        path, twin = root / f"{stem}.gguf", (root / f"twin-{stem}" if qtype in QUANTIZED_GGUF else None)
+        if not (_fresh(path, hf / "config.json") and (twin is None or self._twin_done(root, stem, twin, path))):
             self.log(f"{root.name}: writing {path.name}" + (" and its dequantized twin" if twin else ""))
-            self.child("gguf", str(hf), str(path), qtype, None if twin is None else str(twin))
+            self.child("gguf", str(hf), str(path), qtype, embedding, None if twin is None else str(twin))
         return path, twin
 
     def _ref_npy(self, root: Path, name: str) -> Path:
@@ -158,8 +161,9 @@ class Bench:
             return {**row, "unavailable": "gguf and llama-cpp-python are not installed"}
         try:
             path, twin = self.gguf(root, hf, qtype)
-            row["weights_mb"] = path.stat().st_size / 1e6
-            row["bytes_per_step"] = bytes_per_step(config, bench_llamacpp.gguf_types(path), qtype)
+            types = bench_llamacpp.gguf_types(path)
+            row["weights_mb"], row["embedding_format"] = path.stat().st_size / 1e6, types["token_embd.weight"]
+            row["bytes_per_step"] = bytes_per_step(config, types, qtype)
             self.log(f"{shape}: {row['name']}: timing")
             row.update(self.child("llamacpp", str(path), config.vocab_size, a.threads, a.prompt, a.new_tokens,
                                   a.repeats))
@@ -169,7 +173,7 @@ class Bench:
                 npy.parent.mkdir(parents=True, exist_ok=True)
                 self.child("llamacpp-logits", str(path), config.vocab_size, a.threads, a.positions, str(npy))
                 refs = {"bf16": hf, **({"dequantized": twin} if twin else {})}
-                row["accuracy"] = self.accuracy(root, qtype, npy, refs, config.vocab_size)
+                row["accuracy"] = self.accuracy(root, path.stem, npy, refs, config.vocab_size)
         except RuntimeError as e:
             row["error"] = str(e)
         return row
@@ -207,6 +211,8 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=256, help="accuracy positions (0: no accuracy table)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_formats"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--llamacpp-embedding", choices=("same", "BF16", "Q8_0"), default="same",
+                        help="type of llama.cpp's embedding/tied head in Q8_0/Q4_0 files (same: quantized too)")
     parser.add_argument("--keep-twins", action="store_true", help="keep the dequantized float32 twins")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -235,6 +241,7 @@ def main() -> None:
     result = {"threads": args.threads, "cpu": _cpu(), "bandwidth_gb_s": bandwidth, "prompt": args.prompt,
               "new_tokens": args.new_tokens, "repeats": args.repeats, "positions": args.positions,
               "default_activations": bench.probe["default_activations"], "process_baseline_rss_mb": baseline,
+              "llamacpp_embedding": args.llamacpp_embedding,
               "rows": rows, "ratios": per_shape}
     print_tables(result, sys.stdout)
     if args.json:

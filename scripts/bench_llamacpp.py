@@ -6,9 +6,10 @@ Needs the ``gguf`` and ``llama-cpp-python`` packages (not dependencies of ernie-
 says whether both import. The GGUF follows llama.cpp's own converter for ``Ernie4_5ForCausalLM`` /
 ``Ernie4_5_MoeForCausalLM`` (q/k/v and gate/up split as in HF, experts stacked per layer, router, norms
 and the correction bias kept in F32) with a placeholder SentencePiece-style vocabulary, since the random
-bench models have no tokenizer; only token ids are fed. Q8_0/Q4_0 files are "pure": every other 2-D
-tensor with rows of a multiple of 32 values is quantized, the (tied) embedding included, with
-``gguf.quants.quantize`` (llama-quantize would give a tied head Q6_K by default).
+bench models have no tokenizer; only token ids are fed. Q8_0/Q4_0 files are "pure" by default: every
+other 2-D tensor with rows of a multiple of 32 values is quantized, the (tied) embedding included, with
+``gguf.quants.quantize`` (llama-quantize would give a tied head Q6_K by default); ``embedding=`` keeps
+the embedding and head in another type.
 
 Logits: llama-cpp-python 0.3.x fills ``Llama.scores`` only with ``logits_all=True``; decode loops read the
 last token's row with ``llama_get_logits_ith`` instead (no [n_ctx, vocab] buffer beside the model).
@@ -113,21 +114,25 @@ def _add_config(w, cfg: dict, qtype: str) -> None:
     w.add_add_bos_token(False)
 
 
-def write_gguf(folder: Path, out: Path, qtype: str = "F32") -> Path:
-    """Write ``out`` from the HF checkpoint ``folder`` with weights in ``qtype`` (one of ``QTYPES``)."""
+def write_gguf(folder: Path, out: Path, qtype: str = "F32", embedding: str | None = None) -> Path:
+    """Write ``out`` from the HF checkpoint ``folder`` with weights in ``qtype`` (one of ``QTYPES``); the
+    embedding and head in ``embedding`` instead when given (llama-quantize's --token-embedding-type and
+    --output-tensor-type)."""
     import gguf
 
-    qtype = qtype.upper()
-    if qtype not in QTYPES:
-        raise ValueError(f"unknown GGUF type {qtype!r}; expected one of {QTYPES}")
+    qtype, embedding = qtype.upper(), (embedding or qtype).upper()
+    for t in (qtype, embedding):
+        if t not in QTYPES:
+            raise ValueError(f"unknown GGUF type {t!r}; expected one of {QTYPES}")
     cfg = json.loads((folder / "config.json").read_text())
     w = gguf.GGUFWriter(str(out), "ernie4_5-moe" if cfg.get("moe_num_experts", 0) > 0 else "ernie4_5")
     _add_config(w, cfg, qtype)
-    ggml = getattr(gguf.GGMLQuantizationType, qtype)
 
     def add(name: str, arr: np.ndarray) -> None:
         arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if qtype != "F32" and arr.ndim >= 2 and not name.endswith(_KEEP_F32) and arr.shape[-1] % 32 == 0:
+        t = embedding if name in ("token_embd.weight", "output.weight") else qtype
+        if t != "F32" and arr.ndim >= 2 and not name.endswith(_KEEP_F32) and arr.shape[-1] % 32 == 0:
+            ggml = getattr(gguf.GGMLQuantizationType, t)
             w.add_tensor(name, gguf.quants.quantize(arr, ggml), raw_dtype=ggml)
         else:
             w.add_tensor(name, arr)
