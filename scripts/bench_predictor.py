@@ -111,62 +111,20 @@ class LlamaCpp:
         if not path.exists() or path.stat().st_mtime < newest:
             log(f"writing {path.name} ...")
             bench_llamacpp.write_gguf(folder, path, qtype)
-        from llama_cpp import Llama
-
         self.threads = threads
-        # use_mmap=False: weights in process memory, like the other engines (an idle mapped file gets
-        # paged out by the kernel's reclaim daemon here and re-read from disk mid-run)
-        self.llm = Llama(model_path=str(path), n_ctx=512, n_batch=512, n_threads=threads,
-                         n_threads_batch=threads, use_mmap=False, verbose=False)
+        self.llm = bench_llamacpp.open_llama(path, threads)
 
     def prefill(self, ids: np.ndarray) -> float:
-        self.llm.reset()
-        start = time.perf_counter()
-        self.llm.eval([int(t) for t in ids[0]])
-        return time.perf_counter() - start
+        import bench_llamacpp
+
+        return bench_llamacpp.prefill_seconds(self.llm, ids[0])
 
     def decode(self, ids: np.ndarray, new_tokens: int) -> float:
+        import bench_llamacpp
+
         if len(ids) > 1:
-            return self._decode_batch(ids, new_tokens)
-        self.llm.reset()
-        self.llm.eval([int(t) for t in ids[0]])
-        start = time.perf_counter()
-        for _ in range(new_tokens):
-            self.llm.eval([int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))])
-        return new_tokens / (time.perf_counter() - start)
-
-
-    def _decode_batch(self, ids: np.ndarray, new_tokens: int) -> float:
-        """Greedy decode of ``len(ids)`` sequences together through the low-level batch API."""
-        import llama_cpp as lc
-
-        b, t = ids.shape
-        params = lc.llama_context_default_params()
-        params.n_ctx, params.n_batch, params.n_ubatch = b * (t + new_tokens + 8), b * t, b * t
-        params.n_seq_max, params.n_threads, params.n_threads_batch = b, self.threads, self.threads
-        ctx = lc.llama_init_from_model(self.llm.model, params)
-        n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.llm.model))
-        batch = lc.llama_batch_init(b * t, 0, 1)
-
-        def submit(tokens, positions, seqs, want) -> np.ndarray:
-            batch.n_tokens = len(tokens)
-            for i, (tok, pos, seq, keep) in enumerate(zip(tokens, positions, seqs, want)):
-                batch.token[i], batch.pos[i], batch.n_seq_id[i] = int(tok), int(pos), 1
-                batch.seq_id[i][0], batch.logits[i] = int(seq), bool(keep)
-            if lc.llama_decode(ctx, batch) != 0:
-                raise RuntimeError("llama_decode failed")
-            return np.ctypeslib.as_array(lc.llama_get_logits(ctx), shape=(int(sum(want)), n_vocab))
-
-        try:
-            pos = np.tile(np.arange(t), b)
-            logits = submit(ids.reshape(-1), pos, np.repeat(np.arange(b), t), pos == t - 1)
-            start = time.perf_counter()
-            for step in range(new_tokens):
-                logits = submit(logits.argmax(-1), [t + step] * b, range(b), [True] * b)
-            return b * new_tokens / (time.perf_counter() - start)
-        finally:
-            lc.llama_batch_free(batch)
-            lc.llama_free(ctx)
+            return bench_llamacpp.decode_batch(self.llm.model, ids, new_tokens, self.threads)
+        return bench_llamacpp.decode_b1(self.llm, ids[0], new_tokens)
 
 
 def bench_llamacpp_available() -> bool:
