@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,16 +132,17 @@ def _encoded(arr: np.ndarray, ggml) -> np.ndarray:
     return gguf.quants.quantize(np.asarray(arr, dtype=np.float32), ggml)
 
 
-def _write_rows(fd: int, offset: int, arr: np.ndarray, ggml) -> int:
-    """Write ``arr`` in chunks of rows at ``offset``; bytes written."""
+def _write_rows(pool, fd: int, offset: int, arr: np.ndarray, ggml) -> int:
+    """Encode and write ``arr`` at ``offset`` in chunks of rows, on the pool's threads; bytes written."""
     rows = arr.reshape(-1, arr.shape[-1]) if arr.ndim > 1 else arr.reshape(1, -1)
+    row_bytes = _nbytes((rows.shape[1],), ggml)
     step = max(1, CHUNK_BYTES // (4 * rows.shape[1]))
-    written = 0
-    for start in range(0, rows.shape[0], step):
-        data = _encoded(rows[start:start + step], ggml)
-        os.pwrite(fd, memoryview(np.ascontiguousarray(data).reshape(-1)), offset + written)
-        written += data.nbytes
-    return written
+
+    def chunk(start: int) -> int:
+        data = np.ascontiguousarray(_encoded(rows[start:start + step], ggml)).reshape(-1)
+        return os.pwrite(fd, memoryview(data), offset + start * row_bytes)
+
+    return sum(pool.map(chunk, range(0, rows.shape[0], step)))
 
 
 def write_gguf_from_paddle(folder: Path, out: Path, qtype: str = "Q4_0", consume: bool = False,
@@ -158,6 +160,7 @@ def write_gguf_from_paddle(folder: Path, out: Path, qtype: str = "Q4_0", consume
     filled = dict.fromkeys(slots, 0)
     last_of = {ckpt.specs[key].file: key for key, _op, _pieces in sources}
     fd = os.open(out, os.O_WRONLY)
+    pool = ThreadPoolExecutor(os.cpu_count() or 1)
     try:
         with progress_bar(ckpt.total_bytes, f"gguf {qtype}", quiet) as bar:
             for key, op, pieces in sources:
@@ -167,12 +170,13 @@ def write_gguf_from_paddle(folder: Path, out: Path, qtype: str = "Q4_0", consume
                     for p in pieces:
                         slot, part = slots[p.name], parts[p.index]
                         at = offsets[p.name] + (0 if p.expert is None else p.expert * slot.nbytes // slot.shape[0])
-                        filled[p.name] += _write_rows(fd, at, part, slot.ggml)
+                        filled[p.name] += _write_rows(pool, fd, at, part, slot.ggml)
                     del parts
                 bar.update(spec.nbytes)
                 if consume and last_of[spec.file] == key:
                     os.unlink(spec.file)
     finally:
+        pool.shutdown()
         os.close(fd)
     short = [n for n, s in slots.items() if filled[n] != s.nbytes]
     if short:

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,8 @@ def scaled_config(preset: str, layers: int | None = None, **overrides) -> ErnieC
     Cutting depth keeps the preset's MoE pattern on the layers that remain (the last MoE layer moves in).
     """
     cfg = preset_config(preset)
-    unknown = sorted(k for k in overrides if not hasattr(cfg, k) or k in ("family", "extra"))
+    settable = {f.name for f in fields(ErnieConfig)} - {"family", "extra", "source_dialect"}
+    unknown = sorted(set(overrides) - settable)
     if unknown:
         raise ErnieError(f"unknown config field(s) {unknown} for a {preset} checkpoint")
     changes = dict(overrides, dtype="bfloat16")
