@@ -61,7 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--layers", type=int, default=None, help="decoder layers (fewer for a quick run)")
     ap.add_argument("--set", dest="overrides", type=_override, action="append", default=[],
                     metavar="KEY=VALUE", help="replace a config field, e.g. --set vocab_size=8192")
-    ap.add_argument("--workdir", type=Path, default=None, help="where the files go (default: a temp folder, removed at the end; a given folder keeps the step logs NAME.log)")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="where the files go (default: a temp folder, removed at the end; a given folder "
+                         "keeps the step logs NAME.log)")
     ap.add_argument("--json", dest="json_out", type=Path, default=None)
     ap.add_argument("--direct", action="store_true", help="export wint4 straight from the bf16 checkpoint")
     ap.add_argument("--shard-size", default="4GB", help="shard size of the bf16 checkpoint")
