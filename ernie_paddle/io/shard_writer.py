@@ -111,12 +111,27 @@ class ShardedWriter:
         if tuple(arr.shape) != spec.shape or code_of(arr.dtype) != spec.dtype:
             raise AssertionError(f"{name}: planned {spec.dtype}{list(spec.shape)}, got "
                                  f"{code_of(arr.dtype)}{list(arr.shape)}")
+        return self.write_stream(name, [arr])
+
+    def write_stream(self, name: str, pieces: Iterable[np.ndarray]) -> int:
+        """Write tensor ``name`` from consecutive pieces of its flattened data (its dtype, row-major order):
+        memory is bounded by one piece, not by the tensor."""
+        spec = self.specs[name]
         shard, offset = self._where[name]
         fh = self._handles[shard]
         fh.seek(offset)
-        fh.write(memoryview(arr.reshape(-1).view(np.uint8)))
+        written = 0
+        for piece in pieces:
+            if code_of(piece.dtype) != spec.dtype:
+                raise AssertionError(f"{name}: planned {spec.dtype}, got a {code_of(piece.dtype)} piece")
+            written += piece.nbytes
+            if written > spec.nbytes:
+                raise AssertionError(f"{name}: pieces overrun the planned {spec.nbytes} bytes")
+            fh.write(memoryview(np.ascontiguousarray(piece).reshape(-1).view(np.uint8)))
+        if written != spec.nbytes:
+            raise AssertionError(f"{name}: pieces hold {written} of the planned {spec.nbytes} bytes")
         self._written.add(name)
-        return arr.nbytes
+        return written
 
     def close(self) -> None:
         missing = set(self.specs) - self._written
