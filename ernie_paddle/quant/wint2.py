@@ -20,7 +20,7 @@ GROUP = 64  # rows per local scale
 ZERO_POINT = 32
 SUFFIXES = ("quant_weight", "weight_scale", "super_scales", "code_scale", "code_zp")
 # (code_scale, code_zp) the encoder tries per column: each spreads the 256 bytes over codes 0..32767.
-_CODEBOOKS = ((100.25, 6144.0), (128.4, 0.0), (80.3, 6144.0), (120.7, 0.0))
+CODEBOOKS = ((100.25, 6144.0), (128.4, 0.0), (80.3, 6144.0), (120.7, 0.0))
 
 
 def check(tensors: dict[str, np.ndarray], name: str = "weight") -> tuple[np.ndarray, ...]:
@@ -102,8 +102,10 @@ def _best_bytes(t: np.ndarray, book: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return out, err
 
 
-def encode(w: np.ndarray, super_dtype=ml_dtypes.bfloat16, name: str = "weight") -> dict[str, np.ndarray]:
-    """Quantize W [K, N] (K % 64 == 0) to valid WINT2 tensors; a nearest-codeword search, not Baidu's CCQ."""
+def encode(w: np.ndarray, super_dtype=ml_dtypes.bfloat16, name: str = "weight",
+           codebooks=CODEBOOKS) -> dict[str, np.ndarray]:
+    """Quantize W [K, N] (K % 64 == 0) to valid WINT2 tensors; a nearest-codeword search, not Baidu's CCQ, over
+    ``codebooks`` ((code_scale, code_zp) pairs; each costs one search: fewer encode faster, less closely)."""
     w = np.asarray(w)
     if w.ndim != 2 or w.dtype not in FLOATS or w.shape[0] % GROUP:
         raise ErnieError(f"cannot WINT2-encode {name!r}: need a 2-D float [K, N] with K % 64 == 0, "
@@ -120,7 +122,7 @@ def encode(w: np.ndarray, super_dtype=ml_dtypes.bfloat16, name: str = "weight") 
     t = groups / np.where(scale > 0, scale, np.float32(np.inf))[:, None, :]
     t = t.reshape(k // 4, 4, n)
     best_bytes, best_err, cs, zp = None, None, np.zeros(n, np.float32), np.zeros(n, np.float32)
-    for c_s, c_z in _CODEBOOKS:
+    for c_s, c_z in codebooks:
         b, e = _best_bytes(t, _codebook(c_s, c_z))
         take = np.ones(n, bool) if best_err is None else e < best_err
         best_bytes = b if best_bytes is None else np.where(take[None, :], b, best_bytes)
