@@ -40,19 +40,24 @@ def choose_engine(path, engine: str | None = None, quantization: str | None = No
 
 def load(path, dtype: str | None = None, device: str | None = None, num_threads: int | None = None,
          engine: str | None = None, quantization: str | None = None, tp: int = 1, moe: str = "tp",
-         **kwargs) -> Model:
+         activations: str | None = None, **kwargs) -> Model:
     """Load a Paddle, HF or export folder of an ERNIE 4.5 text or VL model.
 
     ``engine``: "dygraph", "predictor" (Paddle Inference; a checkpoint is exported into the cache on first
     use) or "auto"; see ``choose_engine``. ``quantization``: "wint8", "wint4" or "fp8" quantizes the
     linears on load (either engine); a checkpoint whose config.json has a ``quantization_config`` loads
     quantized without it. ``tp`` > 1: this rank's part of the model inside a paddle.distributed job of ``tp``
-    processes (``moe``: "tp" cuts every expert, "ep" gives ranks whole experts).
+    processes (``moe``: "tp" cuts every expert, "ep" gives ranks whole experts). ``activations``: of the
+    predictor's wint8/wint4 linears, "float32" (exact) or "int8" (integer dot products; see ``export``).
     """
     if kwargs:
         raise TypeError(f"unknown load option(s): {sorted(kwargs)}")
     if choose_engine(path, engine, quantization, tp=tp, device=device) == "predictor":
-        return load_predictor(path, dtype=dtype, device=device, num_threads=num_threads, quantization=quantization)
+        return load_predictor(path, dtype=dtype, device=device, num_threads=num_threads, quantization=quantization,
+                              activations=activations)
+    if activations not in (None, "float32"):
+        raise ErnieError(f"activations={activations!r} runs on the predictor engine; the dygraph engine computes "
+                         "quantized linears on float32 activations")
     if tp > 1:
         world = launched_world()[1]
         if world != tp:

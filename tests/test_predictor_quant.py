@@ -118,7 +118,7 @@ def test_int8_activations(quantized, tmp_path, method, name):
     act = export(folder, tmp_path / "int8", max_seq_len=64, max_batch=4, activations="int8")
     assert json.loads((act / "manifest.json").read_text())["weights"]["activations"] == "int8"
     ids = np.random.default_rng(7).integers(0, 1024, size=(4, 16))
-    ref, got = load(out).logits(ids), load(act).logits(ids)
+    ref, got = load(out).logits(ids), load(act, activations="int8").logits(ids)
     rel = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
     top1 = float((got.argmax(-1) == ref.argmax(-1)).mean())
     print(f"\n{name} {method} int8 activations: relative logit error {rel:.4f}, top-1 agreement {top1:.3f}")
@@ -212,5 +212,9 @@ def test_bad_options(quantized, tmp_path, capsys):
         export(folder, tmp_path / "y", activations="int4")
     with pytest.raises(ErnieError, match="applies to checkpoints"):
         load(out, quantization="wint8")
+    with pytest.raises(ErnieError, match="float32 activations, not int8; export again with --activations int8"):
+        load(out, activations="int8")
+    with pytest.raises(ErnieError, match="runs on the predictor engine"):
+        load(folder, engine="dygraph", activations="int8")
     code, err = _cli(capsys, "export", folder, tmp_path / "z", "--activations", "int4")
     assert code == 2 and "int4" in err

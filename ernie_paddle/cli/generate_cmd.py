@@ -79,12 +79,15 @@ def _fmt(ids) -> str:
 @click.option("--image", "images", multiple=True,
               help="Image for an ERNIE 4.5 VL model: a local path or a data: URL (repeatable).")
 @click.option("--quantization", type=click.Choice(["wint8", "wint4", "fp8"]), default=None,
-              help="Quantize the linears on load (weight-only int8/int4 or block-wise FP8; dygraph engine). "
+              help="Quantize the linears on load (weight-only int8/int4 or block-wise FP8). "
                    "Prequantized checkpoints load quantized without it.")
+@click.option("--activations", type=click.Choice(["float32", "int8"]), default=None,
+              help="Activations of wint8/wint4 linears on the predictor: float32 (exact) or int8 (integer dot "
+                   "products). Default: the export's default.")
 @tp_options
 def generate(model, prompts, prompt_ids, prompts_file, max_new_tokens, min_new_tokens, temperature, top_p,
              top_k, repetition_penalty, stop_ids, seed, stream, device, dtype, engine, speculative, num_draft,
-             images, tp, moe_parallel, nnodes, master, quantization=None):
+             images, tp, moe_parallel, nnodes, master, quantization=None, activations=None):
     """Generate a continuation of each prompt with the model in MODEL (Paddle or HF folder).
 
     Greedy unless --temperature, --top-p or --top-k is given. Token-id prompts print new token ids, one
@@ -112,7 +115,7 @@ def generate(model, prompts, prompt_ids, prompts_file, max_new_tokens, min_new_t
     engine = choose_engine(model, engine, quantization, speculative, tp, device)
     run_distributed(tp, nnodes, master)  # outside a job, --tp N re-runs this command on N ranks and exits
     runtime = load(model, dtype=dtype, device=device, engine=engine, quantization=quantization, tp=tp,
-                   moe=moe_parallel)
+                   moe=moe_parallel, activations=activations)
     if stream:
         _stream(runtime, batch, tok, options)
     else:

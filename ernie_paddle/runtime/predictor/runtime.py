@@ -48,9 +48,10 @@ class PredictorRuntime(ErnieRuntime):
 
 
 def load_predictor(path, dtype: str | None = None, device: str | None = None,
-                   num_threads: int | None = None, quantization: str | None = None) -> PredictorRuntime:
+                   num_threads: int | None = None, quantization: str | None = None,
+                   activations: str | None = None) -> PredictorRuntime:
     """A PredictorRuntime for an export folder, or for a checkpoint via the export cache (exported on
-    first use; ``quantization`` quantizes it on load, as ``export`` does)."""
+    first use; ``quantization`` and ``activations`` as for ``export``)."""
     folder = Path(path)
     dev = resolve_device(device)
     want = resolve_dtype(dtype, dev)
@@ -58,10 +59,15 @@ def load_predictor(path, dtype: str | None = None, device: str | None = None,
         reason = supports(ErnieConfig.from_file(folder))
         if reason:
             raise ErnieError(reason, folder)
-        folder = export_cached(folder, want, dev, quantization)
+        folder = export_cached(folder, want, dev, quantization, activations)
     elif quantization is not None:
         raise ErnieError(f"quantization={quantization!r} applies to checkpoints; this export folder holds "
                          f"{mf.read_manifest(folder).get('weight_format', 'float32')} weights", folder)
+    elif activations is not None and activations != mf.read_manifest(folder).get("weights", {}).get(
+            "activations", "float32"):
+        raise ErnieError(f"this export runs its quantized linears on "
+                         f"{mf.read_manifest(folder).get('weights', {}).get('activations', 'float32')} activations, "
+                         f"not {activations}; export again with --activations {activations}", folder)
     elif dtype is not None and want != mf.read_manifest(folder)["dtype"]:
         raise ErnieError(f"this export computes in {mf.read_manifest(folder)['dtype']}, not {want}; export "
                          "again for that dtype", folder)
