@@ -93,11 +93,12 @@ void decode_span(const F& f, int64_t k0, int64_t len, float* buf) {
   for (int64_t i = u1 * kUnit; i < k0 + len; ++i) buf[i - k0] = scaled_at(f, i);
 }
 
-// y[r, n], y[r + 1, n] for four float32 weight rows n .. n + 3 and two token rows r, r + 1 (r + 1 < m, or
-// xb = xa): eight accumulators, six loads per eight FMAs, so batched decode is not bound by loads.
-template <class V>
-void tile4x2(const float* xa, const float* xb, int64_t k, const float* w0, int64_t ldw, float* ya, float* yb) {
-  const float *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
+// y[r, n], y[r + 1, n] for four weight rows n .. n + 3 (float32, or bf16 bits widened in registers) and two
+// token rows r, r + 1 (r + 1 < m, or xb = xa): eight accumulators, six loads per eight FMAs, so batched
+// decode is not bound by loads.
+template <class V, class T>
+void tile4x2(const float* xa, const float* xb, int64_t k, const T* w0, int64_t ldw, float* ya, float* yb) {
+  const T *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
   typename V::R a0 = V::zero(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
   int64_t i = 0;
   for (; i + 8 <= k; i += 8) {
@@ -114,11 +115,11 @@ void tile4x2(const float* xa, const float* xb, int64_t k, const float* w0, int64
   }
   float s[8] = {V::hsum(a0), V::hsum(a1), V::hsum(a2), V::hsum(a3),
                 V::hsum(b0), V::hsum(b1), V::hsum(b2), V::hsum(b3)};
-  const float* w[4] = {w0, w1, w2, w3};
+  const T* w[4] = {w0, w1, w2, w3};
   for (; i < k; ++i)
     for (int j = 0; j < 4; ++j) {
-      s[j] = std::fma(xa[i], w[j][i], s[j]);
-      s[4 + j] = std::fma(xb[i], w[j][i], s[4 + j]);
+      s[j] = std::fma(xa[i], element(w[j][i]), s[j]);
+      s[4 + j] = std::fma(xb[i], element(w[j][i]), s[4 + j]);
     }
   for (int j = 0; j < 4; ++j) ya[j] += s[j];
   if (yb != ya)
@@ -138,17 +139,15 @@ void gemv_range(const float* xp, int64_t m, int64_t k, const Mat& w, int64_t n0,
       for (int64_t r = 0; r < m; ++r) std::fill(y + r * ldy + n, y + r * ldy + n + 4, 0.0f);
       for (int64_t k0 = 0; k0 < k; k0 += kBlock) {  // the 4 weight rows' block and x's stay in L1
         const int64_t len = std::min(kBlock, k - k0);
-        const float* rows = buf;
-        int64_t ld = kBlock;
-        if constexpr (F::kDirect) {
-          rows = f[0].p + k0;
-          ld = k;
-        } else {
+        if constexpr (!F::kDirect)
           for (int j = 0; j < 4; ++j) decode_span<V>(f[j], k0, len, buf + j * kBlock);
-        }
         for (int64_t r = 0; r < m; r += 2) {
           const int64_t r2 = r + 1 < m ? r + 1 : r;
-          tile4x2<V>(xp + r * k + k0, xp + r2 * k + k0, len, rows, ld, y + r * ldy + n, y + r2 * ldy + n);
+          float *ya = y + r * ldy + n, *yb = y + r2 * ldy + n;
+          if constexpr (F::kDirect)  // in place: float32 rows, or bf16 rows widened in registers
+            tile4x2<V>(xp + r * k + k0, xp + r2 * k + k0, len, f[0].p + k0, k, ya, yb);
+          else
+            tile4x2<V>(xp + r * k + k0, xp + r2 * k + k0, len, buf, kBlock, ya, yb);
         }
       }
       if constexpr (F::kRowScale)

@@ -36,6 +36,14 @@ struct Portable {
     std::memcpy(r.v, p, sizeof r.v);
     return r;
   }
+  static R load8(const uint16_t* p) {  // bf16 bits: the high half of a float32 (exact)
+    R r;
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t bits = static_cast<uint32_t>(p[i]) << 16;
+      std::memcpy(&r.v[i], &bits, sizeof bits);
+    }
+    return r;
+  }
   static void store8(float* p, R a) { std::memcpy(p, a.v, sizeof a.v); }
   static R fmadd(R a, R b, R c) {
     for (int i = 0; i < 8; ++i) c.v[i] = std::fma(a.v[i], b.v[i], c.v[i]);
@@ -74,6 +82,10 @@ struct Avx2 {
   static R zero() { return _mm256_setzero_ps(); }
   static R set1(float a) { return _mm256_set1_ps(a); }
   static R load8(const float* p) { return _mm256_loadu_ps(p); }
+  static R load8(const uint16_t* p) {  // bf16 bits: 8 x u16 -> u32, shifted into the high half (exact)
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
   static void store8(float* p, R a) { _mm256_storeu_ps(p, a); }
   static R fmadd(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm256_add_ps(a, b); }

@@ -53,12 +53,16 @@ inline float bits_to_float(uint32_t bits) {
   return f;
 }
 
+// The float value of a stored element the tiles read in place: float32, or bf16 bits.
+inline float element(float v) { return v; }
+inline float element(uint16_t v) { return bits_to_float(static_cast<uint32_t>(v) << 16); }
+
 // Defaults of a format: no scales, no permutation.
 struct FormatDefaults {
   static constexpr int64_t kGroup = 0;  // k per group scale; 0: none
   static constexpr bool kRowScale = false;
   static constexpr bool kPermuted = false;
-  static constexpr bool kDirect = false;  // rows are float32 already (the tiles read them in place)
+  static constexpr bool kDirect = false;  // the tiles read the stored rows in place (float32, bf16 bits)
   static constexpr bool kInt8 = false;  // has unit_i8: the int8 activation mode applies
   static int64_t unit_k(int64_t u, int j) { return kUnit * u + j; }
   static float group_scale(int64_t) { return 1.0f; }
@@ -89,6 +93,7 @@ struct F32 : FormatDefaults {
 
 struct Bf16 : FormatDefaults {  // the high half of a float32: widening is a 16-bit shift, exact
   static constexpr int kCode = 1;
+  static constexpr bool kDirect = true;
   const uint16_t* p;
   Bf16(const Mat& w, int64_t n) : p(static_cast<const uint16_t*>(w.q) + n * w.k) {}
   float at(int64_t k) const { return bits_to_float(static_cast<uint32_t>(p[k]) << 16); }
