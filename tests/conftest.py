@@ -59,3 +59,17 @@ def dense_hf(tiny_ckpts):
 @pytest.fixture(scope="session")
 def moe_hf(tiny_ckpts):
     return tiny_ckpts("moe", "moe", mtp=1, bias_scale=0.1)
+
+
+@pytest.fixture
+def portable(monkeypatch):
+    """Run a call on the portable (plain C++) backend of the compiled kernels (test_cpu_ops, test_kernel_formats)."""
+
+    def call(fn, *args):
+        monkeypatch.setenv("ERNIE_PADDLE_PORTABLE_KERNELS", "1")
+        try:
+            return fn(*args).numpy()
+        finally:
+            monkeypatch.delenv("ERNIE_PADDLE_PORTABLE_KERNELS")
+
+    return call

@@ -130,20 +130,6 @@ def _bf16(rng, shape, scale=1.0):
     return bits, (bits.astype(np.uint32) << 16).view(np.float32)
 
 
-@pytest.fixture
-def portable(monkeypatch):
-    """Run a call on the portable (plain C++) backend."""
-
-    def call(fn, *args):
-        monkeypatch.setenv("ERNIE_PADDLE_PORTABLE_KERNELS", "1")
-        try:
-            return fn(*args).numpy()
-        finally:
-            monkeypatch.delenv("ERNIE_PADDLE_PORTABLE_KERNELS")
-
-    return call
-
-
 @pytest.mark.parametrize("rows,k,n", [(1, 100, 67), (3, 64, 96), (8, 72, 260), (33, 48, 30), (33, 2048, 200)])
 def test_bf16_linear_matches_widened(ops, portable, rows, k, n):
     """bf16 weights: equal to numpy (and within fp32 rounding of the float32 operator) on the exactly widened

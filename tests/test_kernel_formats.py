@@ -59,20 +59,6 @@ def _weights(fmt, k, n, seed):
     return kernel_form(fmt, rng.standard_normal((k, n)).astype(np.float32))
 
 
-@pytest.fixture
-def portable(monkeypatch):
-    """Run a call on the portable (plain C++) backend."""
-
-    def call(fn, *args):
-        monkeypatch.setenv("ERNIE_PADDLE_PORTABLE_KERNELS", "1")
-        try:
-            return fn(*args).numpy()
-        finally:
-            monkeypatch.delenv("ERNIE_PADDLE_PORTABLE_KERNELS")
-
-    return call
-
-
 def _close(y, ref, k):
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=2e-6 * np.sqrt(k) * np.abs(ref).max())
 
