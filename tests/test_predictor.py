@@ -69,20 +69,27 @@ def _compare_streams(pred, eager, ids, mask, steps=16):
     return np.stack([t for t, _ in ours], axis=1)
 
 
+def assert_engines_match(pred, eager, steps=16):
+    """Prefill logits within 1e-5 (batch 1 and a left-padded batch of 3, real positions) and every decode step
+    equal (``_compare_streams``); returns the batch-1 greedy tokens."""
+    single = np.array([PROMPTS[0]])
+    assert np.abs(pred.logits(single) - eager.logits(single)).max() <= 1e-5
+    tokens = _compare_streams(pred, eager, single, None, steps)
+    ids, mask = pad_batch(PROMPTS)
+    real = mask.astype(bool)
+    assert np.abs(pred.logits(ids, mask)[real] - eager.logits(ids, mask)[real]).max() <= 1e-5
+    _compare_streams(pred, eager, ids, mask, steps)
+    return tokens
+
+
 @pytest.mark.parametrize("name,fmt", CASES)
 def test_predictor_matches_dygraph(runtime, predictor, name, fmt):
     """Prefill logits at every position and every decode step within 1e-5; same greedy text; batch 1 and
     a left-padded batch of 3."""
     pred, eager = predictor(name, fmt), runtime(name, fmt)
     assert isinstance(pred, PredictorRuntime) and pred.config.vocab_size == eager.config.vocab_size
-    single = np.array([PROMPTS[0]])
-    assert np.abs(pred.logits(single) - eager.logits(single)).max() <= 1e-5
-    tokens = _compare_streams(pred, eager, single, None)
+    tokens = assert_engines_match(pred, eager)
     assert len(set(tokens[0].tolist())) > 1  # a real continuation, not one repeated id
-    ids, mask = pad_batch(PROMPTS)
-    real = mask.astype(bool)
-    assert np.abs(pred.logits(ids, mask)[real] - eager.logits(ids, mask)[real]).max() <= 1e-5
-    _compare_streams(pred, eager, ids, mask)
     np.testing.assert_array_equal(pred.generate(PROMPTS, max_new_tokens=12, **NO_STOP),
                                   eager.generate(PROMPTS, max_new_tokens=12, **NO_STOP))
 

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 from fixtures_models import VARIANTS
 from helpers import run_cli
-from test_predictor import NO_STOP, PROMPTS, _compare_streams, _edit_json
+from test_predictor import NO_STOP, PROMPTS, _edit_json, assert_engines_match
 
 from ernie_paddle.api import load
 from ernie_paddle.devkit.demo_models import make_tiny_hf_checkpoint
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import open_checkpoint
 from ernie_paddle.kernels import predictor_ops
-from ernie_paddle.runtime.generation import pad_batch
 from ernie_paddle.runtime.predictor import export
 
 pytest_plugins = ("fixtures_models",)  # model_pair
@@ -55,13 +54,7 @@ def test_bf16_export_matches_dygraph(bf16_pair, name):
     assert set(formats.values()) == {"bfloat16"} and "ernie.embed_tokens.weight" in formats
     assert any(".experts." in n for n in formats) == name.startswith("moe")
     pred = load(folder)
-    single = np.array([PROMPTS[0]])
-    assert np.abs(pred.logits(single) - eager.logits(single)).max() <= 1e-5
-    _compare_streams(pred, eager, single, None, steps=8)
-    ids, mask = pad_batch(PROMPTS)
-    real = mask.astype(bool)
-    assert np.abs(pred.logits(ids, mask)[real] - eager.logits(ids, mask)[real]).max() <= 1e-5
-    _compare_streams(pred, eager, ids, mask, steps=8)
+    assert_engines_match(pred, eager, steps=8)
 
 
 @pytest.mark.parametrize("name", NAMES)

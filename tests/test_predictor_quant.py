@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_predictor import PROMPTS, _compare_streams
+from test_predictor import PROMPTS, assert_engines_match
 from test_quant_runtime import write_wint2_mix
 
 from converters.quantize import quantize
@@ -21,7 +21,6 @@ from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import open_checkpoint
 from ernie_paddle.io.shard_writer import write_tensors
 from ernie_paddle.kernels import predictor_ops
-from ernie_paddle.runtime.generation import pad_batch
 from ernie_paddle.runtime.predictor import export
 
 pytest_plugins = ("fixtures_models",)  # model_pair
@@ -80,13 +79,7 @@ def test_quantized_export_matches_dygraph(quantized, method, name):
     assert {k: f for k, f in formats.items() if f != "float32"} == {_stored_name(p): m for p, m in methods.items()}
     assert "ernie.embed_tokens.weight" in formats
     pred = load(out)
-    single = np.array([PROMPTS[0]])
-    assert np.abs(pred.logits(single) - eager.logits(single)).max() <= 1e-5
-    _compare_streams(pred, eager, single, None, steps=6)
-    ids, mask = pad_batch(PROMPTS)
-    real = mask.astype(bool)
-    assert np.abs(pred.logits(ids, mask)[real] - eager.logits(ids, mask)[real]).max() <= 1e-5
-    _compare_streams(pred, eager, ids, mask, steps=6)
+    assert_engines_match(pred, eager, steps=6)
 
 
 def test_online_quantization_exports_compact(model_pair, quantized, tmp_path):
