@@ -17,3 +17,9 @@ def run_cli(*args, timeout=300) -> subprocess.CompletedProcess:
     """Run ``python -m ernie_paddle ARGS`` and capture its output."""
     return subprocess.run([sys.executable, "-m", "ernie_paddle", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout)
+
+
+def export_weight_bytes(folder: Path) -> int:
+    """The bytes an export stores its weights in: step.pdiparams plus weights.bin (native programs)."""
+    return sum((Path(folder) / name).stat().st_size for name in ("step.pdiparams", "weights.bin")
+               if (Path(folder) / name).exists())

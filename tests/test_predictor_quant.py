@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import export_weight_bytes
 from test_predictor import PROMPTS, assert_engines_match
 from test_quant_runtime import write_wint2_mix
 
@@ -127,7 +128,7 @@ def bf16_source(tmp_path_factory):
 
 @pytest.mark.parametrize("method", ["fp8", "wint4", "wint2"])
 def test_quantized_export_is_the_checkpoint_size(quantized, bf16_source, tmp_path, method):
-    """step.pdiparams within 5% of the checkpoint's weight bytes: quantized linears compact, float weights
+    """The export's weights (step.pdiparams + weights.bin) within 5% of the checkpoint's weight bytes: quantized linears compact, float weights
     (embedding, untied head) in the checkpoint's float format (a bf16 source's stay bf16)."""
     if method == "wint2":
         folder, _, out, _ = quantized("wint2", "moe-tied")
@@ -138,8 +139,8 @@ def test_quantized_export_is_the_checkpoint_size(quantized, bf16_source, tmp_pat
         formats = json.loads((out / "manifest.json").read_text())["weight_formats"]
         assert formats["ernie.embed_tokens.weight"] == formats["lm_head.weight"] == "bfloat16"
     weight_bytes = open_checkpoint(folder).total_bytes
-    params = (out / "step.pdiparams").stat().st_size
-    print(f"\n{method}: step.pdiparams {params} bytes, checkpoint weights {weight_bytes} bytes")
+    params = export_weight_bytes(out)
+    print(f"\n{method}: export weights {params} bytes, checkpoint weights {weight_bytes} bytes")
     assert abs(params / weight_bytes - 1) <= 0.05, (params, weight_bytes)
 
 

@@ -27,7 +27,7 @@ from ernie_paddle.kernels.predictor_ops import FORMAT_CODES
 from ernie_paddle.quant import fp8
 from ernie_paddle.quant.tensors import dequantize_weight
 
-__all__ = ["FORMAT_CODES", "dequantize", "from_kernel_form", "runs_compiled", "to_kernel_form"]
+__all__ = ["FORMAT_CODES", "dequantize", "from_kernel_form", "kernel_shapes", "runs_compiled", "to_kernel_form"]
 SCALE_NAMES = {"wint8": ("weight_scale",), "wint4": ("weight_scale",), "fp8": ("weight_scale",),
                "wint2": ("weight_scale", "super_scales", "code_scale", "code_zp")}
 SCALE_SLOTS = 4  # S0 .. S3: unused slots take a dummy float32 [1]
@@ -59,6 +59,22 @@ def dequantize(method: str, form: dict[str, np.ndarray], in_features: int, out_f
     """float32 W [in, out] of a kernel form, by the numpy reference of ``quant.tensors``."""
     return dequantize_weight(method, from_kernel_form(method, form), in_features, out_features, layout="plain",
                              block=block, name=name)
+
+
+def kernel_shapes(method: str, in_features: int, out_features: int,
+                  block: int = KERNEL_BLOCK) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The kernel form's arrays of a K x N linear without its values: name -> (dtype name, shape), in
+    operator order (the table above)."""
+    k, n = in_features, out_features
+    if method == "wint2":
+        groups = -(-k // 128)
+        return {WEIGHT: ("uint8", (n, k // 4)), "weight_scale": ("uint8", (n, groups)),
+                "super_scales": ("float32", (n,)), "code_scale": ("float32", (n,)), "code_zp": ("float32", (n,))}
+    if method == "fp8":
+        return {WEIGHT: ("uint8", (n, k)), "weight_scale": ("float32", (-(-n // block), -(-k // block)))}
+    if method in ("wint8", "wint4"):
+        return {WEIGHT: ("int8", (n, k if method == "wint8" else k // 2)), "weight_scale": ("float32", (n,))}
+    raise ValueError(f"no kernel form for method {method!r}")
 
 
 def runs_compiled(method: str, block: int) -> bool:

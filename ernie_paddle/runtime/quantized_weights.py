@@ -131,11 +131,12 @@ def _guess(tensors: dict, elements: int) -> str | None:
     return None
 
 
-class _Router:
-    """Feeds ``load_weights`` the plain tensors and turns the quantized ones into QuantLinears."""
+class QuantRouter:
+    """Passes the plain tensors on and turns the quantized ones into QuantLinears, installed in the model
+    (or handed to ``sink(prefix, layer)`` instead: the streaming export writes and drops each one)."""
 
-    def __init__(self, model: nn.Layer, stubs: dict[str, _Pending], qc: QuantConfig, source):
-        self.model, self.stubs, self.qc, self.source = model, stubs, qc, source
+    def __init__(self, model: nn.Layer, stubs: dict[str, _Pending], qc: QuantConfig, source, sink=None):
+        self.model, self.stubs, self.qc, self.source, self.sink = model, stubs, qc, source, sink
         self.pending: dict[str, dict[str, np.ndarray]] = {}
         self.done: set[str] = set()
 
@@ -149,8 +150,11 @@ class _Router:
             hint = (f" (its tensors look like {guess}, but quantization_config says {stub.method})"
                     if guess and guess != stub.method else "")
             raise ErnieError(f"{e}{hint}", self.source) from None
-        parent, name, _ = _owner(self.model, prefix + ".weight")
-        parent._sub_layers[name] = layer
+        if self.sink is not None:
+            self.sink(prefix, layer)
+        else:
+            parent, name, _ = _owner(self.model, prefix + ".weight")
+            parent._sub_layers[name] = layer
         self.done.add(prefix)
 
     def __call__(self, tensors: Iterable[tuple[str, np.ndarray]]) -> Iterator[tuple[str, np.ndarray]]:
@@ -197,7 +201,7 @@ def fill_quantized(model: nn.Layer, ckpt, qc: QuantConfig, online_: bool,
     """Load ``tensors`` (parameter name, array) into ``model``, built under ``paddle.LazyGuard``, with
     QuantLinears where ``qc`` says; the tensor-parallel loader passes its rank's slices here."""
     stubs = install_stubs(model, ckpt, qc, online_)
-    router = _Router(model, stubs, qc, ckpt.folder)
+    router = QuantRouter(model, stubs, qc, ckpt.folder)
     load_weights(model, router(tensors), ckpt.folder)
     router.finish()
     model.quantization = qc

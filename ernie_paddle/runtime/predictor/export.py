@@ -2,10 +2,13 @@
 
 Folder layout::
 
-    manifest.json        versions, program inputs/outputs, dtype, limits, source digest, sha256 of every file
+    manifest.json        versions, program inputs/outputs, dtype, limits, source digest, sha256 of every file,
+                         ``weight_formats`` (each stored weight's format) and ``weight_file`` (its tensors)
     step.json            the PIR program: one step (prefill or decode) writing the KV buffer in place
-    step.pdiparams       its parameters (CPU: linear weights transposed for the compiled operators, float32 or
-                         bfloat16 as ``weight_formats`` in the manifest records, each weight by name)
+    step.pdiparams       its parameters: on CPU with the compiled operators only norms, router and bias;
+                         with Paddle's operators (GPU, no compiler) every weight
+    weights.bin          CPU native programs: every stored linear and the embedding, program inputs read
+                         resident or memory-mapped at load (``weight_file``)
     config.json          the normalized config (Paddle dialect) the program was built from
     generation_config.json, tokenizer files ...   copied from the checkpoint
 
@@ -14,10 +17,10 @@ Weights: a CPU export with the compiled operators stores every linear in its own
 as its compact kernel form (wint8, wint4, fp8, wint2: the checkpoint's bytes, transposed); float linears, the
 embedding and a tied head in bfloat16 for a bf16 checkpoint (``weights="auto"``, the default: most of the
 checkpoint's float bytes are bf16; ``"bfloat16"`` asks for it, rounding float32 weights; ``"float32"``
-widens), else float32. Norms and the MoE router stay float32. The parameters are then about the
-checkpoint's size. The exporting process loads the dygraph model first (``runtime.text``: quantized
-linears compact, other weights float32), so its peak memory is that model plus the bf16 copies and one
-stacked copy of the routed experts (``stored_weights``).
+widens), else float32. Norms and the MoE router stay float32. That export streams: the program is traced
+over a model built without weights and the weights are written one checkpoint tensor group at a time
+(``weight_stream``), so its peak memory is about one tensor group, at any model size. Paddle's op set loads
+the dygraph model (``runtime.text``) and saves its weights with the program.
 
 ``activations`` ("float32" or "int8"; default ``DEFAULT_ACTIVATIONS``): "int8" runs the wint8/wint4 linears
 on int8-quantized activations (the operators' ``int8_act`` mode: integer dot products, logits within the
@@ -42,11 +45,21 @@ from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import open_checkpoint
 from ernie_paddle.kernels import predictor_ops
+from ernie_paddle.quant.kernel_form import KERNEL_BLOCK
 from ernie_paddle.quant.linear import quantization_methods
 from ernie_paddle.runtime.predictor import manifest as mf
-from ernie_paddle.runtime.predictor.program import INPUT_NAMES, PROGRAM_VERSION, input_specs, save_program
+from ernie_paddle.runtime.predictor import weight_file
+from ernie_paddle.runtime.predictor.program import (
+    INPUT_NAMES,
+    PROGRAM_VERSION,
+    StepProgram,
+    input_specs,
+    save_program,
+)
 from ernie_paddle.runtime.predictor.stored_weights import ACTIVATIONS, FLOAT_FORMATS, INT8_ACT_FORMATS
 from ernie_paddle.runtime.predictor.support import unsupported_reason
+from ernie_paddle.runtime.predictor.weight_stream import skeleton, stream_weights
+from ernie_paddle.runtime.setup import setup
 from ernie_paddle.runtime.text import load_text
 from ernie_paddle.version import __version__
 
@@ -92,6 +105,27 @@ def resolve_activations(activations: str | None) -> str:
     return activations
 
 
+def _write_native(source: Path, tmp: Path, native, fmt: str, activations: str, quantization: str | None,
+                  quiet: bool) -> tuple:
+    """The native program and its weights written into ``tmp`` from the checkpoint, streaming (no weight of
+    the model is ever resident: ``weight_stream``); returns (config, quantization method, weight formats,
+    the manifest's ``weight_file`` entry)."""
+    ckpt = open_checkpoint(source)
+    model, qc, stubs = skeleton(ckpt, quantization)
+    step = StepProgram(model, native, fmt, activations, qc.block_size if qc is not None else KERNEL_BLOCK)
+    step.ops.stored.release_model_weights()
+    entries = weight_file.layout(step.weight_specs)
+    writer = weight_file.WeightFileWriter(tmp / weight_file.FILE, entries)
+    try:
+        stream_weights(ckpt, model, qc, stubs, step.ops.stored, writer, quiet=quiet)
+    finally:
+        writer.close()
+    save_program(step, str(tmp / "step"), "float32")
+    method = ",".join(sorted({stub.method for stub in stubs.values()})) or None
+    table = {"file": weight_file.FILE, "tensors": [e.to_dict() for e in entries]}
+    return model.config, method, dict(step.ops.formats), {"weight_file": table}
+
+
 def _copy_side_files(source: Path, dest: Path) -> list[str]:
     """Tokenizer, generation and other non-weight top-level files (config.json is rewritten)."""
     copied = []
@@ -115,7 +149,7 @@ def _program_io(config: ErnieConfig, dtype: str) -> dict:
 def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT_MAX_BATCH,
            dtype: str | None = None, device: str | None = "cpu", overwrite: bool = False,
            digest: str | None = None, quantization: str | None = None, weights: str | None = "auto",
-           activations: str | None = None) -> Path:
+           activations: str | None = None, quiet: bool = True) -> Path:
     """Export the checkpoint folder ``source`` (HF or Paddle layout) to the folder ``out``; ``quantization``
     quantizes on load (exported compact, like a quantized checkpoint); ``weights``: the stored format of the
     float weights (auto, float32 or bfloat16); ``activations``: of wint8/wint4 linears (float32 or int8;
@@ -135,20 +169,26 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
         raise ErnieError("--max-batch must be >= 1 and --max-seq-len >= 2")
     digest = digest or mf.checkpoint_digest(source)
     fmt = checkpoint_weight_format(source, weights)
-    rt = load_text(source, dtype=dtype, device=device, quantization=quantization)
-    config = rt.config
-    method = quantization_methods(rt.model)
+    place = setup(device, dtype, None)
+    native = native_ops(place.device, place.dtype)
+    if native is None and activations != "float32":
+        raise ErnieError(f"activations={activations!r} needs the compiled CPU operators, which this export "
+                         f"does not use ({predictor_ops.build_error() or 'device ' + place.device})", source)
     max_seq_len = int(max_seq_len or config.max_position_embeddings)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{time.monotonic_ns()}"
     tmp.mkdir()
     try:
-        native = native_ops(rt.device, rt.dtype)
-        if native is None and activations != "float32":
-            raise ErnieError(f"activations={activations!r} needs the compiled CPU operators, which this export "
-                             f"does not use ({predictor_ops.build_error() or 'device ' + rt.device})", source)
-        ops, formats = save_program(rt.model, str(tmp / "step"), rt.dtype, native,
-                                    fmt if native is not None else "float32", activations)
+        if native is not None:
+            config, method, formats, extra = _write_native(source, tmp, native, fmt, activations, quantization,
+                                                           quiet)
+            ops = "native"
+        else:
+            rt = load_text(source, dtype=dtype, device=device, quantization=quantization)
+            config, method, formats, extra = rt.config, quantization_methods(rt.model), {}, {}
+            ops = "paddle"
+            save_program(StepProgram(rt.model), str(tmp / "step"), rt.dtype)
+            del rt
         int8_act = activations == "int8" and bool(set(formats.values()) & set(INT8_ACT_FORMATS))
         config.replace(quantization_config=None).write(tmp, "paddle")  # formats: the manifest's weight_formats
         side = _copy_side_files(source, tmp)
@@ -159,20 +199,20 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
                          "python": platform.python_version(), "numpy": np.__version__},
             "source": {"path": str(source.resolve()), "format": open_checkpoint(source).format,
                        "digest": digest},
-            "dtype": rt.dtype, "device": "gpu" if rt.device.startswith("gpu") else "cpu",
+            "dtype": place.dtype, "device": "gpu" if place.device.startswith("gpu") else "cpu",
             "weights": {"quantization": method, "dequantized_at_export": method is not None and ops != "native",
                         "activations": "int8" if int8_act else "float32"},
             **mf.weight_formats_entry(formats),
             "max_seq_len": max_seq_len, "max_batch": int(max_batch),
             "program": {"file": mf.PROGRAM, "params": mf.PARAMS, "version": PROGRAM_VERSION, "ops": ops,
-                        **_program_io(config, rt.dtype),
+                        **_program_io(config, place.dtype),
                         "kv_layout": "[layers, 2 (k, v), batch, kv_heads, capacity, head_dim]"},
             "model": {"family": config.family, "layers": config.num_hidden_layers, "hidden": config.hidden_size,
                       "vocab": config.vocab_size, "heads": config.num_attention_heads,
                       "kv_heads": config.num_key_value_heads, "head_dim": config.head_dim,
                       "moe_experts": config.moe_num_experts, "moe_k": config.moe_k,
                       "tied_head": config.tie_word_embeddings},
-            "side_files": side,
+            "side_files": side, **extra,
         }
         assert [i["name"] for i in manifest["program"]["inputs"]] == list(INPUT_NAMES)
         mf.write_manifest(tmp, manifest)

@@ -33,10 +33,11 @@ from paddle.static import InputSpec
 
 from ernie_paddle.models.layers import NEG_INF, causal_mask, rope_cos_sin
 from ernie_paddle.models.ops import EagerOps, using
+from ernie_paddle.quant.kernel_form import KERNEL_BLOCK, WEIGHT
 from ernie_paddle.quant.linear import QuantLinear, float_weight
-from ernie_paddle.runtime.predictor.stored_weights import StoredWeights
+from ernie_paddle.runtime.predictor.stored_weights import TABLE, Stored, StoredWeights
 
-PROGRAM_VERSION = 11  # bump when the traced program changes: the export cache keys on it
+PROGRAM_VERSION = 12  # bump when the traced program changes: the export cache keys on it
 INPUT_NAMES = ("input_ids", "positions", "key_mask", "start", "logit_index", "kv")
 
 
@@ -143,34 +144,43 @@ class PaddleOps(nn.Layer, EagerOps):
 
 class NativeOps(nn.Layer, EagerOps):
     """The compiled CPU operators (``predictor_ops.cc``) over ``StoredWeights``: each linear in its stored
-    format (a QuantLinear's own kernel-form buffers, float linears as transposed float32 or bfloat16
-    copies, routed experts stacked per layer), ``formats`` the format of each stored weight by name. The
-    model keeps its own weights."""
+    format (a quantized linear's kernel form, float linears as transposed float32 or bfloat16, routed experts
+    stacked per layer), every stored tensor a program input (``bind`` gives the traced inputs), ``formats``
+    the format of each stored weight by name. The model's own linear weights are never read."""
 
     name = "native"
 
-    def __init__(self, model, module, weight_format: str = "float32", activations: str = "float32"):
+    def __init__(self, model, module, weight_format: str = "float32", activations: str = "float32",
+                 block: int = KERNEL_BLOCK):
         super().__init__()
         self.module = module
-        self.stored = StoredWeights(model, weight_format, activations)
+        self.stored = StoredWeights(model, weight_format, activations, block)
         self.formats = self.stored.formats
+        self._inputs: tuple = ()
+
+    def bind(self, inputs) -> None:
+        """The traced stored-weight inputs of this trace (in ``stored.specs`` order)."""
+        self._inputs = tuple(inputs)
+
+    def _tensors(self, s: Stored) -> tuple:
+        return tuple(self.stored.dummy if i is None else self._inputs[i] for i in s.inputs)
 
     def embed(self, embedding, ids):
         """Rows ``ids`` of the embedding table, float32."""
-        return _as(paddle.gather(self.stored.table, ids), paddle.float32)
+        return _as(paddle.gather(self._inputs[self.stored.targets[TABLE].inputs[WEIGHT]], ids), paddle.float32)
 
     def begin(self, config) -> None:
         """No per-trace constants: the operators rotate pairs themselves."""
 
     def linear(self, x, layer):
         s = self.stored[layer]
-        return self.module.ernie_linear(x, *s.tensors, s.fmt, s.int8_act)
+        return self.module.ernie_linear(x, *self._tensors(s), s.fmt, s.int8_act)
 
     def linear_add(self, x, layer, residual=None, swiglu=False):
         if residual is None:
             return self.linear(F.swiglu(x) if swiglu else x, layer)
         s = self.stored[layer]
-        return self.module.ernie_linear_add(x, *s.tensors, residual, s.fmt, s.int8_act, swiglu)
+        return self.module.ernie_linear_add(x, *self._tensors(s), residual, s.fmt, s.int8_act, swiglu)
 
     def norm(self, layer, x):
         return self.module.ernie_rms_norm(x, layer.weight, layer.eps)
@@ -189,12 +199,12 @@ class NativeOps(nn.Layer, EagerOps):
 
     def experts(self, moe, flat, ids, weights):
         up_gate, down = self.stored[moe]
-        return self.module.ernie_moe_experts(flat, ids, weights.astype("float32"), *up_gate.tensors,
-                                             *down.tensors, up_gate.fmt, up_gate.int8_act)
+        return self.module.ernie_moe_experts(flat, ids, weights.astype("float32"), *self._tensors(up_gate),
+                                             *self._tensors(down), up_gate.fmt, up_gate.int8_act)
 
     def head(self, hidden):
         s = self.stored.head
-        return self.module.ernie_linear(hidden, *s.tensors, s.fmt, s.int8_act)
+        return self.module.ernie_linear(hidden, *self._tensors(s), s.fmt, s.int8_act)
 
 
 def _append(owner: nn.Layer, params: nn.ParameterList, data) -> int:
@@ -229,22 +239,32 @@ def _rope(x, cos2, sin2, rotation):
 class StepProgram(nn.Layer):
     """An ``ErnieForCausalLM``'s own forward as one static step function (trace it inside ``using(ops)``)."""
 
-    def __init__(self, model, native_module=None, weight_format: str = "float32", activations: str = "float32"):
-        """``native_module``: the compiled CPU operators (``predictor_ops.get()``), else Paddle's own (which
-        keep the model's float32 weights); ``weight_format`` and ``activations``: see ``StoredWeights``."""
+    def __init__(self, model, native_module=None, weight_format: str = "float32", activations: str = "float32",
+                 block: int = KERNEL_BLOCK):
+        """``native_module``: the compiled CPU operators (``predictor_ops.get()``; the model may be built
+        without weights: the stored weights are inputs), else Paddle's own (which keep the model's float32
+        weights); ``weight_format``, ``activations`` and ``block``: see ``StoredWeights``."""
         super().__init__()
         self.model = model
         self.config = model.config
-        self.ops = (NativeOps(model, native_module, weight_format, activations) if native_module is not None
+        self.ops = (NativeOps(model, native_module, weight_format, activations, block) if native_module is not None
                     else PaddleOps(model))
 
-    def forward(self, input_ids, positions, key_mask, start, logit_index, kv):
+    @property
+    def weight_specs(self) -> list:
+        """(name, dtype, shape) of the stored-weight inputs after the six step inputs (none for Paddle's ops)."""
+        return self.ops.stored.specs if isinstance(self.ops, NativeOps) else []
+
+    def forward(self, input_ids, positions, key_mask, start, logit_index, kv, weights=None):
         """Logits [B, K, V] (float32) at ``logit_index`` [K] of the T new tokens.
 
         input_ids, positions [B, T] int64 (positions count real tokens only); key_mask [B, start+T] int64,
-        1 for real tokens; start [1] int64, the columns already in ``kv``; kv [L, 2, B, nkv, C, hd].
+        1 for real tokens; start [1] int64, the columns already in ``kv``; kv [L, 2, B, nkv, C, hd];
+        ``weights``: the list of stored weights (``weight_specs``; a list argument: dy2static takes no *args).
         """
         cfg, ernie, ops = self.config, self.model.ernie, self.ops
+        if isinstance(ops, NativeOps):
+            ops.bind(weights or ())
         t = paddle.shape(input_ids)[1]
         buffer = KVBuffer(kv, start, start[0] + t)
         ops.begin(cfg)
@@ -258,23 +278,28 @@ class StepProgram(nn.Layer):
         return ops.head(ops.norm(ernie.norm, paddle.gather(x, logit_index, axis=1)))
 
 
-def input_specs(config, dtype: str = "float32") -> list[InputSpec]:
-    """Dynamic batch, token and cache sizes; layers, heads and head_dim fixed by the config."""
+def weight_input_name(index: int) -> str:
+    """The program input of stored weight ``index``."""
+    return f"w{index}"
+
+
+def input_specs(config, dtype: str = "float32", weights=()) -> list[InputSpec]:
+    """Dynamic batch, token and cache sizes; layers, heads and head_dim fixed by the config; then one input
+    per stored weight (``weights``: (name, dtype, shape)), passed as one list."""
     kv_shape = [config.num_hidden_layers, 2, None, config.num_key_value_heads, None, config.head_dim]
     return [InputSpec([None, None], "int64", "input_ids"), InputSpec([None, None], "int64", "positions"),
             InputSpec([None, None], "int64", "key_mask"), InputSpec([1], "int64", "start"),
-            InputSpec([None], "int64", "logit_index"), InputSpec(kv_shape, dtype, "kv")]
+            InputSpec([None], "int64", "logit_index"), InputSpec(kv_shape, dtype, "kv"),
+            *([[InputSpec(list(shape), wdtype, weight_input_name(i)) for i, (_, wdtype, shape) in enumerate(weights)]]
+              if weights else [])]
 
 
-def save_program(model, prefix: str, dtype: str = "float32", native_module=None,
-                 weight_format: str = "float32", activations: str = "float32") -> tuple[str, dict[str, str]]:
-    """Trace ``StepProgram(model, native_module, weight_format, activations)`` and write ``prefix.json`` +
-    ``prefix.pdiparams`` (PIR); returns the operator set's name and the format of each weight it stores
-    (empty for Paddle's op set: the model's own weights). ``model`` is left as it was."""
-    step = StepProgram(model, native_module, weight_format, activations)
+def save_program(step: StepProgram, prefix: str, dtype: str = "float32") -> None:
+    """Trace ``step`` and write ``prefix.json`` + ``prefix.pdiparams`` (PIR): the parameters the program reads
+    (all of the model's for Paddle's op set; norms, router and the dummy for the native one, whose stored
+    weights are inputs). Every parameter the program reads must hold its values."""
     step.eval()
-    specs = input_specs(model.config, dtype)
+    specs = input_specs(step.config, dtype, step.weight_specs)
     static = paddle.jit.to_static(step, input_spec=specs, full_graph=True)
     with using(step.ops):
         paddle.jit.save(static, prefix, input_spec=specs)
-    return step.ops.name, dict(getattr(step.ops, "formats", {}))

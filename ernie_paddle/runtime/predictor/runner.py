@@ -21,7 +21,8 @@ from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.kernels import predictor_ops
 from ernie_paddle.runtime.predictor import manifest as mf
-from ernie_paddle.runtime.predictor.program import INPUT_NAMES, PROGRAM_VERSION
+from ernie_paddle.runtime.predictor import weight_file
+from ernie_paddle.runtime.predictor.program import INPUT_NAMES, PROGRAM_VERSION, weight_input_name
 from ernie_paddle.runtime.predictor.stored_weights import WEIGHT_FORMATS
 from ernie_paddle.runtime.setup import setup
 
@@ -68,7 +69,8 @@ class Predictor:
     """One ``paddle.inference`` predictor over ``step.json``/``step.pdiparams`` of a verified export."""
 
     def __init__(self, folder, device: str | None = None, num_threads: int | None = None,
-                 onednn: bool | None = None):
+                 onednn: bool | None = None, mmap: bool = False):
+        """``mmap``: map the export's ``weights.bin`` instead of reading it into memory (see ``weight_file``)."""
         self.folder = Path(folder)
         self.manifest = mf.verify_export(self.folder)
         self.config = ErnieConfig.from_file(self.folder)
@@ -102,10 +104,16 @@ class Predictor:
         cfg.switch_ir_optim(True)
         with _quiet_stdout():
             self._pred = pdi.create_predictor(cfg)
+        entries = weight_file.entries_from_manifest(self.manifest, self.folder)
+        expected = [*INPUT_NAMES, *map(weight_input_name, range(len(entries)))]
         names = self._pred.get_input_names()
-        if sorted(names) != sorted(INPUT_NAMES):
-            raise ErnieError(f"the program's inputs {names} are not {list(INPUT_NAMES)}; re-export", self.folder)
+        if sorted(names) != sorted(expected):
+            raise ErnieError(f"the program's inputs {names} are not {expected}; re-export", self.folder)
         self._in = {n: self._pred.get_input_handle(n) for n in names}
+        self.mmap = mmap and bool(entries)
+        self._weights, self._weight_buffer = weight_file.open_weights(self.folder, entries, self.mmap)
+        for i, e in enumerate(entries):  # shared once: the predictor reads them in place at every run
+            self._in[weight_input_name(i)].share_external_data(self._weights[e.name])
         self._out = self._pred.get_output_handle(self._pred.get_output_names()[0])
         self._first = True
 

@@ -1,17 +1,20 @@
-"""The weights of the native step program, each linear in its own stored format.
+"""The weights of the native step program, each linear in its own stored format, planned from shapes alone.
 
 The compiled operators take a linear as (WT, S0, S1, S2, S3; fmt, int8_act): W^T [out, in] in a stored format
 and up to four scale tensors (``quant.kernel_form``; unused slots get one shared dummy float32 [1]).
+``StoredWeights`` walks a model built without weights (``paddle.LazyGuard``; linears that will be quantized
+are stubs with ``method``, ``in_features``, ``out_features``) and plans every stored tensor as a program
+input (``specs``: name, dtype, shape, in input order) whose bytes live in the export's ``weights.bin``:
 
-- A ``QuantLinear`` is passed as its own buffers, the model's (its kernel form: the checkpoint's bytes); the
-  program saves them as they are, with no float copy.
-- Routed experts of an MoE layer are stacked on a new axis 0 ([E, 2I, H] and [E, H, I] and the scales per
-  expert), which needs every expert of the layer in one format: the stack is the one copy this module
-  makes of compact weights (while exporting, the model and its stacked experts are both resident).
-- Float linears are transposed copies in ``float_format``: float32, or bfloat16 (a bf16 checkpoint's size;
-  the operators widen in registers, exact). A tied head is the embedding itself, already [V, H]: float32
-  uses the model's embedding, bfloat16 one bf16 copy that serves the row gather and the head.
+- a quantized linear: its kernel form (the checkpoint's bytes, transposed; or quantized on the fly);
+- a float linear: W^T in ``float_format`` (float32, or bfloat16: a bf16 checkpoint's size; the operators
+  widen in registers, exact);
+- the routed experts of an MoE layer: each tensor stacked on a new axis 0 (one format for all experts);
+- the embedding table in ``float_format``; a tied head is the same input.
 
+``targets`` says where each checkpoint linear (by its Paddle prefix) goes: the inputs of its kernel-form
+arrays and, for an expert, its index in the stack (``weight_stream`` fills them as the checkpoint streams
+by). Norms, the router and the correction bias stay the model's parameters (``step.pdiparams``).
 ``activations="int8"`` asks the operators to quantize activations to int8 for wint8/wint4 linears (the
 ``int8_act`` mode); other formats ignore it.
 """
@@ -20,45 +23,58 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import paddle
 from paddle import nn
 
 from ernie_paddle.errors import ErnieError
-from ernie_paddle.quant.kernel_form import FORMAT_CODES, SCALE_SLOTS
-from ernie_paddle.quant.linear import QuantLinear, check_exportable
+from ernie_paddle.quant.kernel_form import FORMAT_CODES, KERNEL_BLOCK, WEIGHT, kernel_shapes, runs_compiled
 
 FLOAT_FORMATS = ("float32", "bfloat16")
 WEIGHT_FORMATS = tuple(FORMAT_CODES)  # every format a stored weight may have (the manifest's names)
 ACTIVATIONS = ("float32", "int8")
 INT8_ACT_FORMATS = ("wint8", "wint4")
+TABLE = "ernie.embed_tokens"  # the target of the embedding (and of a tied head)
 
 
 @dataclass(frozen=True)
 class Stored:
-    """One stored linear (or expert stack): the operators' tensors and attributes."""
+    """One stored linear (or expert stack) as the operators take it: the input index of WT, S0..S3 (None:
+    the dummy) and the attributes."""
 
-    tensors: tuple  # WT, S0, S1, S2, S3
+    inputs: tuple
     fmt: int
     int8_act: bool
 
 
-class StoredWeights(nn.Layer):
-    """Every linear of ``model`` the native program multiplies by, by the id of its layer (a SparseMoE's id
-    for its routed experts: an (up_gate, down) pair), the ``head`` (a tied one is the embedding ``table``),
-    and ``formats``: stored weight name -> format."""
+@dataclass(frozen=True)
+class Target:
+    """Where one checkpoint linear's arrays go: ``inputs`` by kernel-form name (``weight_t`` for float ones),
+    ``expert`` its slice of a stack (None: the whole input), ``float_format`` for float ones (None: quantized)."""
 
-    def __init__(self, model, float_format: str = "float32", activations: str = "float32"):
+    inputs: dict
+    expert: int | None
+    float_format: str | None
+
+
+class StoredWeights(nn.Layer):
+    """The stored inputs of ``model``'s native program: ``specs``, ``targets``, ``formats`` (stored weight
+    name -> format), and per linear layer (a SparseMoE's id for its routed experts: an (up_gate, down) pair)
+    the operators' ``Stored``; ``head`` (a tied one is the embedding table)."""
+
+    def __init__(self, model, float_format: str = "float32", activations: str = "float32",
+                 block: int = KERNEL_BLOCK):
         super().__init__()
         if float_format not in FLOAT_FORMATS:
             raise ValueError(f"weight format {float_format!r} is not one of {FLOAT_FORMATS}")
         if activations not in ACTIVATIONS:
             raise ValueError(f"activations {activations!r} is not one of {ACTIVATIONS}")
-        self.float_format, self.activations = float_format, activations
+        self.float_format, self.activations, self.block = float_format, activations, block
         self.dummy = self.create_parameter([1], dtype="float32", default_initializer=nn.initializer.Constant(0.0))
+        self.specs: list[tuple[str, str, tuple[int, ...]]] = []
+        self.targets: dict[str, Target] = {}
         self.formats: dict[str, str] = {}
         self._names = {id(layer): name for name, layer in model.named_sublayers()}
         self._stored: dict[int, Stored] = {}
-        self._kept = 0
+        self._float_layers: list = [model.ernie.embed_tokens]
         for i, layer in enumerate(model.ernie.layers):
             mlp = layer.mlp
             if model.config.is_moe_layer(i):
@@ -78,55 +94,54 @@ class StoredWeights(nn.Layer):
             linears += [mlp.up_gate_proj, mlp.down_proj] if mlp is not None else []
             for lin in linears:
                 self._stored[id(lin)] = self._add([lin])
-        embed = model.ernie.embed_tokens
-        self.table = embed.weight if float_format == "float32" else self._keep(embed.weight.astype(float_format))
-        self.formats[self._names[id(embed)] + ".weight"] = float_format
-        if model.config.tie_word_embeddings:
-            self.head = Stored((self.table, *[self.dummy] * SCALE_SLOTS), FORMAT_CODES[float_format], False)
-        else:
-            self.head = self._add([model.lm_head])
+        vocab, hidden = model.ernie.embed_tokens.weight.shape
+        table = self._input(TABLE + ".weight", float_format, (vocab, hidden))
+        self.targets[TABLE] = Target({WEIGHT: table}, None, float_format)
+        self.formats[TABLE + ".weight"] = float_format
+        self.head = (Stored((table, None, None, None, None), FORMAT_CODES[float_format], False)
+                     if model.config.tie_word_embeddings else self._add([model.lm_head]))
+
+    def release_model_weights(self) -> None:
+        """Drop the model's own weight of every float linear planned here and of the embedding: the native
+        program never reads them (in a model built without weights they were never allocated)."""
+        for layer in self._float_layers:
+            layer.weight = None
 
     def __getitem__(self, layer) -> Stored:
         return self._stored[id(layer)]
 
+    def _input(self, name: str, dtype: str, shape) -> int:
+        self.specs.append((name, dtype, tuple(int(d) for d in shape)))
+        return len(self.specs) - 1
+
     def _add(self, layers: list, name: str | None = None) -> Stored:
-        """The stored form of one linear, or of the stacked experts ``layers`` (one format for all)."""
+        """Plan the stored form of one linear, or of the stacked experts ``layers`` (one format for all)."""
         name = name or self._names[id(layers[0])] + ".weight"
-        quant = [lin for lin in layers if isinstance(lin, QuantLinear)]
-        if not quant:
-            return self._add_float(layers, name)
-        methods = sorted({(lin.method, lin.block) for lin in quant})
-        if len(quant) != len(layers) or len(methods) > 1:
-            found = sorted({getattr(lin, "method", "float") for lin in layers})
+        methods = sorted({getattr(lin, "method", "float") for lin in layers})
+        if len(methods) > 1:
             raise ErnieError(f"the compiled CPU program stacks the routed experts {name!r}, which needs one "
-                             f"format for all of them; found {', '.join(found)} (export with "
+                             f"format for all of them; found {', '.join(methods)} (export with "
                              "ERNIE_PADDLE_NATIVE_OPS=0 for Paddle's operators)")
-        first = quant[0]
-        if not first.runs_compiled:
-            raise ErnieError(f"linear {name!r}: the compiled CPU operators take fp8 blocks of 128, not "
-                             f"{first.block} (export with ERNIE_PADDLE_NATIVE_OPS=0 for Paddle's operators)")
-        for lin in quant:
-            check_exportable(lin)
-        self.formats[name] = first.method
-        parts = [lin.kernel_inputs(self.dummy) for lin in quant]
-        if len(parts) == 1:
-            tensors = parts[0]  # the model's own buffers
-        else:  # stack each real input (the dummies stay one)
-            tensors = [p0 if p0 is self.dummy else self._keep(paddle.stack([p[j] for p in parts]))
-                       for j, p0 in enumerate(parts[0])]
-        int8_act = self.activations == "int8" and first.method in INT8_ACT_FORMATS
-        return Stored(tuple(tensors), first.format_code, int8_act)
-
-    def _add_float(self, layers: list, name: str) -> Stored:
-        """Transposed copies in the float format: one linear at a time is transposed in float32 and
-        converted, so no float32 copy of more than one linear lives beside the model."""
-        mats = [paddle.transpose(lin.weight, [1, 0]).astype(self.float_format) for lin in layers]
-        self.formats[name] = self.float_format
-        wt = self._keep((mats[0] if len(mats) == 1 else paddle.stack(mats)).contiguous())
-        return Stored((wt, *[self.dummy] * SCALE_SLOTS), FORMAT_CODES[self.float_format], False)
-
-    def _keep(self, tensor: paddle.Tensor) -> paddle.Tensor:
-        """Hold a tensor made here as a persistable buffer (saved with the program)."""
-        self.register_buffer(f"stored_{self._kept}", tensor, persistable=True)
-        self._kept += 1
-        return tensor
+        first, stack = layers[0], (len(layers),) if len(layers) > 1 else ()
+        method = methods[0]
+        if method == "float":
+            self._float_layers += layers
+            k, n = first.weight.shape
+            arrays = {WEIGHT: (self.float_format, (n, k))}
+            fmt, float_format = self.float_format, self.float_format
+        else:
+            if not runs_compiled(method, self.block):
+                raise ErnieError(f"linear {name!r}: the compiled CPU operators take fp8 blocks of 128, not "
+                                 f"{self.block} (export with ERNIE_PADDLE_NATIVE_OPS=0 for Paddle's operators)")
+            if getattr(first, "bias", None) is not None:
+                raise ErnieError(f"linear {name!r}: a quantized linear with a bias cannot be exported")
+            arrays = kernel_shapes(method, first.in_features, first.out_features, self.block)
+            fmt, float_format = method, None
+        base = name.removesuffix(".weight")
+        inputs = {key: self._input(f"{base}.{key}", dtype, stack + shape) for key, (dtype, shape) in arrays.items()}
+        for e, lin in enumerate(layers):
+            self.targets[self._names[id(lin)]] = Target(inputs, e if stack else None, float_format)
+        self.formats[name] = fmt
+        slots = list(inputs.values()) + [None] * (5 - len(inputs))
+        int8_act = self.activations == "int8" and fmt in INT8_ACT_FORMATS
+        return Stored(tuple(slots), FORMAT_CODES[fmt], int8_act)
