@@ -20,15 +20,22 @@ from ernie_paddle.runtime.vl import vl_runtime
 
 
 def choose_engine(path, engine: str | None = None, quantization: str | None = None,
-                  speculative: str | None = None, tp: int = 1, device: str | None = None) -> str:
+                  speculative: str | None = None, tp: int = 1, device: str | None = None,
+                  mapped: bool = False) -> str:
     """"predictor" or "dygraph" for the folder ``path`` and the options of a load or a command.
 
     Speculative decoding and tensor parallelism run on the dygraph engine (asking for the predictor with
     either is an ErnieError); otherwise ``predictor.support.resolve_engine`` decides (None:
     ``$ERNIE_PADDLE_ENGINE``, else the predictor for an export folder and dygraph for a checkpoint; "auto":
     the predictor wherever it supports the model, quantized ones (``quantization``) where the export keeps
-    them compact: the compiled CPU operators on a CPU ``device``).
+    them compact: the compiled CPU operators on a CPU ``device``). ``mapped`` (``--mmap``,
+    ``--offload-folder``): weights mapped from an export, which only the predictor does.
     """
+    if mapped:
+        if engine is not None and str(engine).strip().lower() == "dygraph":
+            raise ErnieError("--mmap / --offload-folder map the weights of an export: they run on the predictor "
+                             "engine, not --engine dygraph")
+        engine = "predictor"
     needs_dygraph = [what for what, wanted in (("speculative decoding (--speculative)", speculative),
                                                ("tensor parallelism (--tp)", tp > 1)) if wanted]
     if not needs_dygraph:
@@ -40,7 +47,7 @@ def choose_engine(path, engine: str | None = None, quantization: str | None = No
 
 def load(path, dtype: str | None = None, device: str | None = None, num_threads: int | None = None,
          engine: str | None = None, quantization: str | None = None, tp: int = 1, moe: str = "tp",
-         activations: str | None = None, **kwargs) -> Model:
+         activations: str | None = None, mmap: bool | None = None, offload_folder=None, **kwargs) -> Model:
     """Load a Paddle, HF or export folder of an ERNIE 4.5 text or VL model.
 
     ``engine``: "dygraph", "predictor" (Paddle Inference; a checkpoint is exported into the cache on first
@@ -49,12 +56,16 @@ def load(path, dtype: str | None = None, device: str | None = None, num_threads:
     quantized without it. ``tp`` > 1: this rank's part of the model inside a paddle.distributed job of ``tp``
     processes (``moe``: "tp" cuts every expert, "ep" gives ranks whole experts). ``activations``: of the
     predictor's wint8/wint4 linears, "float32" (exact) or "int8" (integer dot products; see ``export``).
+    ``mmap``: the predictor maps the export's weights instead of reading them (True), reads them (False), or
+    maps them when they do not fit in memory (None); ``offload_folder``: export a checkpoint into that folder
+    and serve it mapped (the predictor engine). Mapped weights give the same logits as resident ones.
     """
     if kwargs:
         raise TypeError(f"unknown load option(s): {sorted(kwargs)}")
-    if choose_engine(path, engine, quantization, tp=tp, device=device) == "predictor":
+    mapped = bool(mmap) or offload_folder is not None
+    if choose_engine(path, engine, quantization, tp=tp, device=device, mapped=mapped) == "predictor":
         return load_predictor(path, dtype=dtype, device=device, num_threads=num_threads, quantization=quantization,
-                              activations=activations)
+                              activations=activations, mmap=mmap, offload_folder=offload_folder)
     if activations not in (None, "float32"):
         raise ErnieError(f"activations={activations!r} runs on the predictor engine; the dygraph engine computes "
                          "quantized linears on float32 activations")

@@ -7,7 +7,9 @@ table is planned from the checkpoint's headers, the file is preallocated, and ea
 into its HF piece(s) (``converters.layout_ops.to_hf``) and written at its place (a routed expert into its
 slot of the layer's stacked tensor), quantized in chunks of rows: memory stays bounded by one tensor.
 ``consume=True`` deletes each shard once it has been read, so a GGUF as large as the checkpoint fits
-beside what is left of it.
+beside what is left of it; ``regenerate`` writes the same tensors without the checkpoint, drawing each one
+again from ``scale_checkpoint.random_tensor`` (the checkpoint may be gone: the bench's mapped export
+consumed it).
 """
 
 from __future__ import annotations
@@ -145,15 +147,40 @@ def _write_rows(pool, fd: int, offset: int, arr: np.ndarray, ggml) -> int:
     return sum(pool.map(chunk, range(0, rows.shape[0], step)))
 
 
+class _Regenerated:
+    """The random checkpoint of ``scale_checkpoint`` without its files: specs from its shard plan, each
+    tensor drawn again."""
+
+    def __init__(self, preset: str, layers: int | None, overrides: dict, seed: int, shard_size: str):
+        from types import SimpleNamespace
+
+        from ernie_paddle.devkit.scale_checkpoint import checkpoint_plan, scaled_config
+
+        self.config, self.seed = scaled_config(preset, layers, **overrides), seed
+        self.specs = {}
+        for i, shard in enumerate(checkpoint_plan(self.config, shard_size)):
+            for pos, s in enumerate(shard):
+                self.specs[s.name] = SimpleNamespace(name=s.name, shape=tuple(s.shape), nbytes=s.nbytes,
+                                                     file=f"shard-{i}", start=pos)
+        self.total_bytes = sum(s.nbytes for s in self.specs.values())
+
+    def get(self, key: str) -> np.ndarray:
+        from ernie_paddle.devkit.scale_checkpoint import random_tensor
+
+        return random_tensor(self.config, key, self.seed)
+
+
 def write_gguf_from_paddle(folder: Path, out: Path, qtype: str = "Q4_0", consume: bool = False,
-                           quiet: bool = False) -> Path:
-    """Write ``out`` from the Paddle checkpoint ``folder``; ``consume`` deletes each shard once read."""
+                           quiet: bool = False, regenerate: dict | None = None) -> Path:
+    """Write ``out`` from the Paddle checkpoint ``folder`` (``regenerate``: the ``_Regenerated`` arguments
+    instead); ``consume`` deletes each shard once read."""
     from converters.layout_ops import to_hf
     from ernie_paddle.io.checkpoint import open_checkpoint
     from ernie_paddle.progress import progress_bar
 
     qtype = qtype.upper()
-    ckpt = open_checkpoint(folder)
+    ckpt = _Regenerated(**regenerate) if regenerate else open_checkpoint(folder)
+    consume = consume and not regenerate
     order = sorted(ckpt.specs.values(), key=lambda spec: (spec.file, spec.start))
     slots, sources = plan(ckpt.config, [(spec.name, spec.shape) for spec in order], qtype)
     offsets = _header(out, ckpt.config, slots, qtype)

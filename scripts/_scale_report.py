@@ -41,7 +41,8 @@ def planner_figures(cfg, context: int) -> dict[str, tuple[float | None, str]]:
 
 def disk_phases(cfg, checkpoint_bytes: int, shard_bytes: int, direct: bool, gguf_sizes: dict) -> dict:
     """Bytes on disk at the fullest moment of each phase (bf16 checkpoint B, quantized checkpoint Q,
-    export E at the planner's compact wint4 size, GGUFs; the bf16 GGUF is written consuming B's shards)."""
+    export E at the planner's compact wint4 size, GGUFs; the bf16 export consumes B's shards as it streams,
+    and the bf16 GGUF is drawn again from the generator once B is gone)."""
     from ernie_paddle.planning.memory import plan
 
     p = plan(cfg, quantization="wint4", device="cpu")
@@ -51,8 +52,9 @@ def disk_phases(cfg, checkpoint_bytes: int, shard_bytes: int, direct: bool, gguf
         phases["quantize_wint4"] = b + q
     if "Q4_0" in gguf_sizes:
         phases["gguf_q4_0"] = b + gguf_sizes["Q4_0"]
+    phases["export_bf16"] = b + shard_bytes
     if "BF16" in gguf_sizes:
-        phases["gguf_bf16"] = b + shard_bytes
+        phases["gguf_bf16"] = gguf_sizes["BF16"]
     return phases
 
 

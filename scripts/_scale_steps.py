@@ -133,11 +133,20 @@ def _cli(argv: list[str]) -> dict:
     return {}
 
 
-def _gguf(src: str, out: str, qtype: str, consume: bool) -> dict:
+def _gguf(src: str, out: str, qtype: str, consume: bool, regenerate: dict | None = None) -> dict:
     from _scale_gguf import write_gguf_from_paddle
 
-    write_gguf_from_paddle(Path(src), Path(out), qtype, consume=consume, quiet=True)
+    write_gguf_from_paddle(Path(src), Path(out), qtype, consume=consume, quiet=True, regenerate=regenerate)
     return {"bytes": Path(out).stat().st_size}
+
+
+def _export(src: str, out: str, max_seq_len: int, consume: bool) -> dict:
+    """``export`` of ``src`` (its float weights as stored); ``consume`` deletes each shard once streamed, so
+    the export fits on a disk that cannot hold two copies (the checkpoint is gone afterwards)."""
+    from ernie_paddle.runtime.predictor import export
+
+    folder = export(src, out, max_seq_len=max_seq_len, max_batch=1, after_file=os.unlink if consume else None)
+    return {"bytes": sum(p.stat().st_size for p in Path(folder).iterdir())}
 
 
 def _decode(engine: str, path: str, ids: list[int], new_tokens: int, threads: int, options: dict) -> dict:
@@ -147,7 +156,7 @@ def _decode(engine: str, path: str, ids: list[int], new_tokens: int, threads: in
     return run(Path(path), ids, new_tokens, threads, options)
 
 
-KINDS = {"write": _write, "cli": _cli, "gguf": _gguf, "decode": _decode}
+KINDS = {"write": _write, "cli": _cli, "gguf": _gguf, "export": _export, "decode": _decode}
 
 
 def _child(result: str, kind: str, args: str) -> int:

@@ -11,9 +11,11 @@ Steps, in this order (intermediates are deleted as soon as no later step needs t
     ``--quantization wint4``); the quantized checkpoint is deleted after it.
  4. generate_wint4: load the export as ``generate`` does and decode 64 greedy tokens; export deleted.
  5. gguf_q4_0 + llamacpp_q4_0: a llama.cpp Q4_0 GGUF of the same weights and the same decode.
- 6. mmap_bf16: the bf16 checkpoint served memory-mapped (``load(..., mmap=True)``), when the code has it.
- 7. gguf_bf16 + llamacpp_bf16_mmap: a BF16 GGUF written consuming the checkpoint's shards (so it fits
-    beside them), decoded by llama.cpp with its file mapped.
+ 6. export_bf16 + mmap_bf16: ``export`` of the bf16 checkpoint (its weights stay bf16), consuming the
+    checkpoint's shards as it streams (a disk that holds one copy of the bf16 weights suffices), served with
+    its weights memory-mapped (``load(..., mmap=True)``, what ``--mmap`` runs); export deleted.
+ 7. gguf_bf16 + llamacpp_bf16_mmap: a BF16 GGUF of the same weights, each tensor drawn again from the
+    checkpoint's generator (the checkpoint is gone), decoded by llama.cpp with its file mapped.
 A step the code cannot do yet is reported "not available" with the reason; a step that passes the RSS
 cap (20 GB, or the machine's RAM - 2 GB) or fills the disk is killed and reported "killed" (e.g. an
 export that still materializes the float model). Free disk is checked first, against the fullest moment
@@ -27,7 +29,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -74,23 +75,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-llamacpp", action="store_true", help="leave out the llama.cpp rows")
     ap.add_argument("-q", "--quiet", action="store_true", help="print only the final tables")
     return ap.parse_args(argv)
-
-
-def mmap_options(offload: Path, env: dict) -> tuple[dict | None, str]:
-    """The ``load`` options of a memory-mapped run, or None and why the code cannot do one yet (asked in a
-    child: importing the runtime here would put Paddle in this process, beside the steps)."""
-    code = ("import inspect, json; from ernie_paddle.api import load; "
-            "print(json.dumps(list(inspect.signature(load).parameters)))")
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
-    if out.returncode != 0:
-        return None, f"cannot import ernie_paddle.api: {(out.stderr.strip().splitlines() or ['?'])[-1]}"
-    params = json.loads(out.stdout.strip().splitlines()[-1])
-    if "mmap" not in params:
-        return None, "ernie_paddle.api.load has no mmap option yet (issue 17: memory-mapped parameters)"
-    options = {"mmap": True, "engine": "auto"}
-    if "offload_folder" in params:
-        options["offload_folder"] = str(offload)
-    return options, ""
 
 
 def llamacpp_missing() -> str:
@@ -231,20 +215,20 @@ def main(argv=None) -> int:
             bench.step("llamacpp_q4_0", "decode", dict(engine="llamacpp", path=str(q4), options={}, **decode),
                        needs=("gguf_q4_0",), decode="llama.cpp Q4_0")
             remove(q4)
-        options, reason = mmap_options(offload, bench.env)
-        if options is None:
-            bench.unavailable("mmap_bf16", reason, "ours bf16 mmap")
-        else:
-            bench.step("mmap_bf16", "decode", dict(engine="ours", path=str(bf16), options=options, **decode),
-                       needs=("write_bf16",), decode="ours bf16 mmap")
+        bench.step("export_bf16", "export", dict(src=str(bf16), out=str(offload), max_seq_len=context,
+                                                 consume=True), needs=("write_bf16",))
+        remove(bf16)
+        bench.step("mmap_bf16", "decode", dict(engine="ours", path=str(offload), options={"mmap": True}, **decode),
+                   needs=("export_bf16",), decode="ours bf16 mmap")
         remove(offload, work / "home")
         if llama_reason:
             for name, row in (("gguf_bf16", None), ("llamacpp_bf16_mmap", "llama.cpp BF16 mmap")):
                 bench.unavailable(name, llama_reason, row)
         else:
-            bench.step("gguf_bf16", "gguf", dict(src=str(bf16), out=str(bf16_gguf), qtype="BF16", consume=True),
-                       needs=("write_bf16",))
-            remove(bf16)
+            regenerate = dict(preset=args.preset, layers=args.layers, overrides=dict(args.overrides), seed=args.seed,
+                              shard_size=args.shard_size)
+            bench.step("gguf_bf16", "gguf", dict(src=str(bf16), out=str(bf16_gguf), qtype="BF16", consume=False,
+                                                 regenerate=regenerate), needs=("write_bf16",))
             bench.step("llamacpp_bf16_mmap", "decode", dict(engine="llamacpp", path=str(bf16_gguf),
                                                             options={"use_mmap": True}, **decode),
                        needs=("gguf_bf16",), decode="llama.cpp BF16 mmap")

@@ -1,4 +1,5 @@
-"""Shared CLI plumbing: turning ErnieError into exit status 2 with a one-line message."""
+"""Shared CLI plumbing: turning ErnieError into exit status 2 with a one-line message; options several commands
+take."""
 
 import sys
 
@@ -25,3 +26,15 @@ def run_guarded(group: click.Group, argv=None) -> int:
         click.echo(f"error: {exc.filename or ''}: {exc.strerror or exc}", err=True)
         sys.exit(2)
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def mmap_options(command):
+    """``--mmap/--no-mmap`` and ``--offload-folder DIR``: weights mapped from an export (the predictor)."""
+    command = click.option(
+        "--offload-folder", type=click.Path(file_okay=False, path_type=str), default=None,
+        help="Export the checkpoint into DIR (once; reused afterwards) and serve its weights memory-mapped "
+             "from there: for models bigger than RAM (`ernie-paddle memory --mmap` shows what stays resident).")(command)
+    return click.option(
+        "--mmap/--no-mmap", default=None,
+        help="Map the export's weights instead of reading them into memory: only the pages decoding touches "
+             "stay resident (same results). Default: mapped when they do not fit in the memory available.")(command)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from ernie_paddle.cli._common import mmap_options
 from ernie_paddle.cli._tp import run_distributed, tp_options
 from ernie_paddle.errors import ErnieError
 
@@ -84,10 +85,12 @@ def _fmt(ids) -> str:
 @click.option("--activations", type=click.Choice(["float32", "int8"]), default=None,
               help="Activations of wint8/wint4 linears on the predictor: float32 (exact) or int8 (integer dot "
                    "products). Default: the export's default.")
+@mmap_options
 @tp_options
 def generate(model, prompts, prompt_ids, prompts_file, max_new_tokens, min_new_tokens, temperature, top_p,
              top_k, repetition_penalty, stop_ids, seed, stream, device, dtype, engine, speculative, num_draft,
-             images, tp, moe_parallel, nnodes, master, quantization=None, activations=None):
+             images, tp, moe_parallel, nnodes, master, quantization=None, activations=None, mmap=None,
+             offload_folder=None):
     """Generate a continuation of each prompt with the model in MODEL (Paddle or HF folder).
 
     Greedy unless --temperature, --top-p or --top-k is given. Token-id prompts print new token ids, one
@@ -112,10 +115,12 @@ def generate(model, prompts, prompt_ids, prompts_file, max_new_tokens, min_new_t
         options["stop_token_ids"] = tok.stop_token_ids
     if speculative:  # the MTP draft runs on the eager model
         options.update(speculative=speculative, num_draft=num_draft)
-    engine = choose_engine(model, engine, quantization, speculative, tp, device)
+    engine = choose_engine(model, engine, quantization, speculative, tp, device,
+                           mapped=bool(mmap) or offload_folder is not None)
     run_distributed(tp, nnodes, master)  # outside a job, --tp N re-runs this command on N ranks and exits
     runtime = load(model, dtype=dtype, device=device, engine=engine, quantization=quantization, tp=tp,
-                   moe=moe_parallel, activations=activations)
+                   moe=moe_parallel, activations=activations,
+                   **({"mmap": mmap, "offload_folder": offload_folder} if engine == "predictor" else {}))
     if stream:
         _stream(runtime, batch, tok, options)
     else:

@@ -2,6 +2,7 @@
 
 import click
 
+from ernie_paddle.cli._common import mmap_options
 from ernie_paddle.cli._tp import run_distributed, tp_options
 
 COMMANDS = []
@@ -41,10 +42,11 @@ COMMANDS = []
                    "request sends tools or turns thinking on.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@mmap_options
 @tp_options
 def serve(model, host, port, api_keys_file, admin_keys_file, data_dir, model_name, max_batch, max_tokens_limit,
           device, threads, log_level, engine, speculative, num_draft, image_dir, reasoning_parser, tp, moe_parallel,
-          nnodes, master):
+          nnodes, master, mmap=None, offload_folder=None):
     """Serve MODEL at /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics.
 
     An ERNIE 4.5 VL model takes image_url content parts (data: URLs, or local files under --image-dir;
@@ -59,7 +61,8 @@ def serve(model, host, port, api_keys_file, admin_keys_file, data_dir, model_nam
 
     if not Path(model).is_dir():
         raise ErnieError("model folder does not exist", model)
-    engine = choose_engine(model, engine, speculative=speculative, tp=tp)
+    engine = choose_engine(model, engine, speculative=speculative, tp=tp,
+                           mapped=bool(mmap) or offload_folder is not None)
     if speculative and tp > 1:
         raise click.UsageError("--speculative serves one sequence at a time on one process; it does not "
                                "combine with --tp")
@@ -67,7 +70,7 @@ def serve(model, host, port, api_keys_file, admin_keys_file, data_dir, model_nam
                         max_batch=max_batch, data_dir=data_dir, api_keys_file=api_keys_file,
                         admin_keys_file=admin_keys_file, device=device, num_threads=threads,
                         engine=engine, speculative=speculative, num_draft=num_draft, image_dir=image_dir,
-                        reasoning_parser=reasoning_parser)
+                        reasoning_parser=reasoning_parser, mmap=mmap, offload_folder=offload_folder)
     if run_distributed(tp, nnodes, master):
         from ernie_paddle.server.tp import serve_tp
 

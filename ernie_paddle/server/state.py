@@ -36,6 +36,8 @@ class Settings:
     num_draft: int = 1
     image_dir: str | None = None  # local image paths must lie under it; None refuses local paths
     reasoning_parser: str = "auto"  # "auto", "ernie" or "none" (see ernie_paddle.server.chat_tools)
+    mmap: bool | None = None  # the predictor maps the export's weights (None: when they do not fit in memory)
+    offload_folder: str | None = None  # export the checkpoint there and serve it mapped
 
     def __post_init__(self):
         self.model_name = self.model_name or Path(self.model_path).resolve().name
@@ -69,8 +71,10 @@ class ServerState:
         try:
             s = self.settings
             if self.runtime is None:
-                engine = choose_engine(s.model_path, s.engine, speculative=s.speculative)
-                self.runtime = load(s.model_path, device=s.device, num_threads=s.num_threads, engine=engine)
+                mapped = bool(s.mmap) or s.offload_folder is not None
+                engine = choose_engine(s.model_path, s.engine, speculative=s.speculative, mapped=mapped)
+                where = {"mmap": s.mmap, "offload_folder": s.offload_folder} if engine == "predictor" else {}
+                self.runtime = load(s.model_path, device=s.device, num_threads=s.num_threads, engine=engine, **where)
             if self.tokenizer is None:
                 self.tokenizer = ErnieTokenizer.from_folder(s.model_path)
             self.scheduler = self._make_scheduler()

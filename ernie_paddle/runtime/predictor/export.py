@@ -106,7 +106,7 @@ def resolve_activations(activations: str | None) -> str:
 
 
 def _write_native(source: Path, tmp: Path, native, fmt: str, activations: str, quantization: str | None,
-                  quiet: bool) -> tuple:
+                  quiet: bool, after_file=None) -> tuple:
     """The native program and its weights written into ``tmp`` from the checkpoint, streaming (no weight of
     the model is ever resident: ``weight_stream``); returns (config, quantization method, weight formats,
     the manifest's ``weight_file`` entry)."""
@@ -117,7 +117,7 @@ def _write_native(source: Path, tmp: Path, native, fmt: str, activations: str, q
     entries = weight_file.layout(step.weight_specs)
     writer = weight_file.WeightFileWriter(tmp / weight_file.FILE, entries)
     try:
-        stream_weights(ckpt, model, qc, stubs, step.ops.stored, writer, quiet=quiet)
+        stream_weights(ckpt, model, qc, stubs, step.ops.stored, writer, quiet=quiet, after_file=after_file)
     finally:
         writer.close()
     save_program(step, str(tmp / "step"), "float32")
@@ -149,11 +149,12 @@ def _program_io(config: ErnieConfig, dtype: str) -> dict:
 def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT_MAX_BATCH,
            dtype: str | None = None, device: str | None = "cpu", overwrite: bool = False,
            digest: str | None = None, quantization: str | None = None, weights: str | None = "auto",
-           activations: str | None = None, quiet: bool = True) -> Path:
+           activations: str | None = None, quiet: bool = True, after_file=None) -> Path:
     """Export the checkpoint folder ``source`` (HF or Paddle layout) to the folder ``out``; ``quantization``
     quantizes on load (exported compact, like a quantized checkpoint); ``weights``: the stored format of the
     float weights (auto, float32 or bfloat16); ``activations``: of wint8/wint4 linears (float32 or int8;
-    see the module docstring)."""
+    see the module docstring); ``after_file``: see ``weight_stream.stream_weights`` (benchmarks only: it
+    lets the caller delete the checkpoint as it streams)."""
 
     source, out = Path(source), Path(out)
     activations = resolve_activations(activations)
@@ -175,13 +176,14 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
         raise ErnieError(f"activations={activations!r} needs the compiled CPU operators, which this export "
                          f"does not use ({predictor_ops.build_error() or 'device ' + place.device})", source)
     max_seq_len = int(max_seq_len or config.max_position_embeddings)
+    source_format = open_checkpoint(source).format
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{time.monotonic_ns()}"
     tmp.mkdir()
     try:
         if native is not None:
             config, method, formats, extra = _write_native(source, tmp, native, fmt, activations, quantization,
-                                                           quiet)
+                                                           quiet, after_file)
             ops = "native"
         else:
             rt = load_text(source, dtype=dtype, device=device, quantization=quantization)
@@ -197,7 +199,7 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": {"ernie_paddle": __version__, "paddle": paddle.__version__,
                          "python": platform.python_version(), "numpy": np.__version__},
-            "source": {"path": str(source.resolve()), "format": open_checkpoint(source).format,
+            "source": {"path": str(source.resolve()), "format": source_format,
                        "digest": digest},
             "dtype": place.dtype, "device": "gpu" if place.device.startswith("gpu") else "cpu",
             "weights": {"quantization": method, "dequantized_at_export": method is not None and ops != "native",
@@ -223,6 +225,8 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
         except OSError:  # another process finished the same export first (export cache)
             if not mf.is_export_folder(out):
                 raise ErnieError("cannot move the finished export into place", out) from None
+        else:
+            mf.carry_digests(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -250,11 +254,30 @@ def export_cached(source, dtype: str = "float32", device: str | None = "cpu", qu
     digest = mf.checkpoint_digest(source)
     folder = cache_folder(digest, dtype, "gpu" if str(device).startswith("gpu") else "cpu",
                           checkpoint_weight_format(source), quantization, activations)
+    return export_into(source, folder, dtype, device, quantization, activations, digest,
+                       "delete the cached folder to re-export")
+
+
+def export_into(source, folder, dtype: str = "float32", device: str | None = "cpu", quantization: str | None = None,
+                activations: str | None = None, digest: str | None = None,
+                remedy: str = "choose an empty folder", quiet: bool = True) -> Path:
+    """``folder`` holding the export of ``source``: exported there when it is empty or missing, reused when
+    it already holds an export of the same checkpoint with the same quantization and activations (the
+    ``--offload-folder`` of a mapped load, and the export cache); another export there is an error."""
+    source, folder = Path(source), Path(folder)
+    activations = resolve_activations(activations)
+    digest = digest or mf.checkpoint_digest(source)
     if not mf.is_export_folder(folder):
         export(source, folder, max_batch=1024, dtype=dtype, device=device, digest=digest,
-               quantization=quantization, activations=activations)
-    recorded = mf.read_manifest(folder).get("source", {}).get("digest")
+               quantization=quantization, activations=activations, quiet=quiet)
+    manifest = mf.read_manifest(folder)
+    recorded = manifest.get("source", {}).get("digest")
     if recorded != digest:
-        raise ErnieError(f"cached export was made from a checkpoint with digest {str(recorded)[:16]}..., not "
-                         f"{digest[:16]}... (this folder's); delete the cached folder to re-export", folder)
+        raise ErnieError(f"this folder holds an export of a checkpoint with digest {str(recorded)[:16]}..., not "
+                         f"{digest[:16]}... ({source}); {remedy}", folder)
+    weights = manifest.get("weights", {})
+    held = (weights.get("quantization") or None, weights.get("activations", "float32"))
+    if quantization is not None and held != (quantization, activations):
+        raise ErnieError(f"this folder holds an export with quantization {held[0]} and {held[1]} activations, not "
+                         f"{quantization} and {activations}; {remedy}", folder)
     return folder

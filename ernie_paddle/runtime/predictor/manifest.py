@@ -83,6 +83,18 @@ def file_table(folder: Path, names) -> dict[str, dict]:
     return table
 
 
+def carry_digests(old: Path, new: Path) -> None:
+    """Remember the digests of the files of folder ``old`` (already hashed) under folder ``new``, which it
+    has just been renamed to: a fresh export is not hashed again at its first load (its weights may be
+    tens of GB)."""
+    memo = _read_memo()
+    prefix = os.path.realpath(old) + os.sep
+    moved = {os.path.join(os.path.realpath(new), key[len(prefix):]): value
+             for key, value in memo.items() if key.startswith(prefix)}
+    if moved:
+        _write_memo({k: v for k, v in memo.items() if not k.startswith(prefix)} | moved)
+
+
 def checkpoint_digest(folder: str | Path) -> str:
     """One sha256 over every top-level file of a checkpoint folder (names, sizes and contents)."""
     folder = Path(folder)

@@ -285,12 +285,12 @@ def weight_input_name(index: int) -> str:
 
 def input_specs(config, dtype: str = "float32", weights=()) -> list[InputSpec]:
     """Dynamic batch, token and cache sizes; layers, heads and head_dim fixed by the config; then one input
-    per stored weight (``weights``: (name, dtype, shape)), passed as one list."""
+    per stored weight (``weights``: (name, dtype, shape, ...)), passed as one list."""
     kv_shape = [config.num_hidden_layers, 2, None, config.num_key_value_heads, None, config.head_dim]
     return [InputSpec([None, None], "int64", "input_ids"), InputSpec([None, None], "int64", "positions"),
             InputSpec([None, None], "int64", "key_mask"), InputSpec([1], "int64", "start"),
             InputSpec([None], "int64", "logit_index"), InputSpec(kv_shape, dtype, "kv"),
-            *([[InputSpec(list(shape), wdtype, weight_input_name(i)) for i, (_, wdtype, shape) in enumerate(weights)]]
+            *([[InputSpec(list(w[2]), w[1], weight_input_name(i)) for i, w in enumerate(weights)]]
               if weights else [])]
 
 

@@ -69,8 +69,9 @@ class Predictor:
     """One ``paddle.inference`` predictor over ``step.json``/``step.pdiparams`` of a verified export."""
 
     def __init__(self, folder, device: str | None = None, num_threads: int | None = None,
-                 onednn: bool | None = None, mmap: bool = False):
-        """``mmap``: map the export's ``weights.bin`` instead of reading it into memory (see ``weight_file``)."""
+                 onednn: bool | None = None, mmap: bool | None = False):
+        """``mmap``: map the export's ``weights.bin`` instead of reading it into memory (see ``weight_file``;
+        None: map it when it does not fit in the memory available)."""
         self.folder = Path(folder)
         self.manifest = mf.verify_export(self.folder)
         self.config = ErnieConfig.from_file(self.folder)
@@ -110,8 +111,9 @@ class Predictor:
         if sorted(names) != sorted(expected):
             raise ErnieError(f"the program's inputs {names} are not {expected}; re-export", self.folder)
         self._in = {n: self._pred.get_input_handle(n) for n in names}
-        self.mmap = mmap and bool(entries)
-        self._weights, self._weight_buffer = weight_file.open_weights(self.folder, entries, self.mmap)
+        mmap = weight_file.should_map(weight_file.file_bytes(entries)) if mmap is None else mmap
+        self._weights, self.weight_buffers = weight_file.open_weights(self.folder, entries, mmap)
+        self.mmap = self.weight_buffers is not None and self.weight_buffers.mapped is not None
         for i, e in enumerate(entries):  # shared once: the predictor reads them in place at every run
             self._in[weight_input_name(i)].share_external_data(self._weights[e.name])
         self._out = self._pred.get_output_handle(self._pred.get_output_names()[0])
@@ -143,4 +145,6 @@ class Predictor:
             self._first = False
         else:
             self._pred.run()
+        if self.mmap:
+            self.weight_buffers.trim()
         return self._out.copy_to_cpu()

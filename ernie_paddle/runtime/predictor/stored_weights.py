@@ -4,7 +4,8 @@ The compiled operators take a linear as (WT, S0, S1, S2, S3; fmt, int8_act): W^T
 and up to four scale tensors (``quant.kernel_form``; unused slots get one shared dummy float32 [1]).
 ``StoredWeights`` walks a model built without weights (``paddle.LazyGuard``; linears that will be quantized
 are stubs with ``method``, ``in_features``, ``out_features``) and plans every stored tensor as a program
-input (``specs``: name, dtype, shape, in input order) whose bytes live in the export's ``weights.bin``:
+input (``specs``: name, dtype, shape, routed experts or not; in input order) whose bytes live in the export's
+``weights.bin`` (the routed experts are what a mapped load leaves mapped):
 
 - a quantized linear: its kernel form (the checkpoint's bytes, transposed; or quantized on the fly);
 - a float linear: W^T in ``float_format`` (float32, or bfloat16: a bf16 checkpoint's size; the operators
@@ -69,7 +70,7 @@ class StoredWeights(nn.Layer):
             raise ValueError(f"activations {activations!r} is not one of {ACTIVATIONS}")
         self.float_format, self.activations, self.block = float_format, activations, block
         self.dummy = self.create_parameter([1], dtype="float32", default_initializer=nn.initializer.Constant(0.0))
-        self.specs: list[tuple[str, str, tuple[int, ...]]] = []
+        self.specs: list[tuple[str, str, tuple[int, ...], bool]] = []
         self.targets: dict[str, Target] = {}
         self.formats: dict[str, str] = {}
         self._names = {id(layer): name for name, layer in model.named_sublayers()}
@@ -110,8 +111,8 @@ class StoredWeights(nn.Layer):
     def __getitem__(self, layer) -> Stored:
         return self._stored[id(layer)]
 
-    def _input(self, name: str, dtype: str, shape) -> int:
-        self.specs.append((name, dtype, tuple(int(d) for d in shape)))
+    def _input(self, name: str, dtype: str, shape, experts: bool = False) -> int:
+        self.specs.append((name, dtype, tuple(int(d) for d in shape), experts))
         return len(self.specs) - 1
 
     def _add(self, layers: list, name: str | None = None) -> Stored:
@@ -138,7 +139,8 @@ class StoredWeights(nn.Layer):
             arrays = kernel_shapes(method, first.in_features, first.out_features, self.block)
             fmt, float_format = method, None
         base = name.removesuffix(".weight")
-        inputs = {key: self._input(f"{base}.{key}", dtype, stack + shape) for key, (dtype, shape) in arrays.items()}
+        inputs = {key: self._input(f"{base}.{key}", dtype, stack + shape, bool(stack))
+                  for key, (dtype, shape) in arrays.items()}
         for e, lin in enumerate(layers):
             self.targets[self._names[id(lin)]] = Target(inputs, e if stack else None, float_format)
         self.formats[name] = fmt

@@ -4,13 +4,21 @@ The native step program takes its stored linears (``stored_weights``) as inputs,
 bytes live in this file and not in ``step.pdiparams``. The manifest's ``weight_file`` lists each tensor
 (``name``, ``dtype``, ``shape``, ``offset``); offsets are multiples of ``ALIGN``. Export writes the file
 preallocated, piece by piece (``WeightFileWriter``: an expert's slice of a stacked tensor at its own offset,
-so no stack is ever assembled in memory). The runner opens it with :func:`open_weights`: read into memory
-(``mmap=False``) or memory-mapped (``mmap=True``: only the pages decoding touches become resident, the page
-cache keeps what fits), and hands each tensor to Paddle without a copy (DLPack over the numpy view).
+so no stack is ever assembled in memory). The runner opens it with :func:`open_weights` and hands each
+tensor to Paddle without a copy (DLPack over the numpy view):
+
+- resident (``mmap=False``): the file is read into memory once;
+- mapped (``mmap=True``): the routed experts (entries marked ``experts``: most of an MoE's bytes, of which a
+  token touches its chosen few) stay memory-mapped read-only, the rest is read. Only the expert pages that
+  decoding touches come in, and the page cache keeps what fits. ``WeightBuffers.trim`` drops the mapped pages
+  from the process once they pass ``MAPPED_BUDGET`` of RAM (``madvise(MADV_DONTNEED)``: they stay in the page
+  cache, so a later touch is a minor fault, not a read), so the process's resident set stays bounded by
+  the resident part + that budget + one step's experts.
 """
 
 from __future__ import annotations
 
+import mmap as mmap_module
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +31,8 @@ from ernie_paddle.errors import ErnieError
 
 FILE = "weights.bin"
 ALIGN = 64
+HEADROOM = 2 << 30  # memory kept for the KV cache and workspace when deciding to map (``should_map``)
+MAPPED_BUDGET = 0.25  # of the machine's RAM: mapped expert pages kept in the process before ``trim``
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
           "int8": np.dtype(np.int8), "uint8": np.dtype(np.uint8)}
 
@@ -35,22 +45,24 @@ class Entry:
     dtype: str  # a key of DTYPES
     shape: tuple[int, ...]
     offset: int = 0
+    experts: bool = False  # routed experts: left mapped by a mapped load
 
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.dtype].itemsize
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "offset": self.offset}
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "offset": self.offset,
+                "experts": self.experts}
 
 
 def layout(specs) -> list[Entry]:
-    """Entries for ``specs`` ((name, dtype, shape) in program order) at ``ALIGN``-ed offsets."""
+    """Entries for ``specs`` ((name, dtype, shape, experts) in program order) at ``ALIGN``-ed offsets."""
     out, pos = [], 0
-    for name, dtype, shape in specs:
+    for name, dtype, shape, experts in specs:
         if dtype not in DTYPES:
             raise ValueError(f"weight {name!r}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-        entry = Entry(name, dtype, tuple(int(d) for d in shape), pos)
+        entry = Entry(name, dtype, tuple(int(d) for d in shape), pos, bool(experts))
         out.append(entry)
         pos += -(-entry.nbytes // ALIGN) * ALIGN
     return out
@@ -60,11 +72,31 @@ def file_bytes(entries: list[Entry]) -> int:
     return max((e.offset + e.nbytes for e in entries), default=0)
 
 
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where the system does not say)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def should_map(nbytes: int) -> bool:
+    """Whether weights of ``nbytes`` should stay mapped: they would not fit in the memory available less
+    ``HEADROOM`` (the KV cache and workspace)."""
+    free = available_memory()
+    return free is not None and nbytes > free - HEADROOM
+
+
 def entries_from_manifest(manifest: dict, folder: Path) -> list[Entry]:
     """The ``weight_file`` table of a manifest (checked: dtypes known, offsets in order)."""
     table = (manifest.get("weight_file") or {}).get("tensors") or []
     try:
-        entries = [Entry(t["name"], t["dtype"], tuple(int(d) for d in t["shape"]), int(t["offset"])) for t in table]
+        entries = [Entry(t["name"], t["dtype"], tuple(int(d) for d in t["shape"]), int(t["offset"]),
+                         bool(t.get("experts", False))) for t in table]
     except (KeyError, TypeError, ValueError):
         raise ErnieError("the manifest's weight_file table is malformed; re-run `ernie-paddle export`",
                          folder / "manifest.json") from None
@@ -114,9 +146,40 @@ class WeightFileWriter:
             pass
 
 
-def open_weights(folder: Path, entries: list[Entry], mmap: bool = False) -> tuple[dict[str, paddle.Tensor], object]:
-    """Paddle tensors over ``folder/weights.bin`` by entry name, and the buffer they view (keep it alive as
-    long as the tensors): the file mapped read-only (``mmap``) or read into memory once."""
+class WeightBuffers:
+    """The memory the weight tensors view: ``resident`` (read from the file) and ``mapped`` (the routed
+    experts' region of the file, or None); keep it alive as long as the tensors."""
+
+    def __init__(self, resident: np.ndarray, mapped: np.memmap | None, budget: int):
+        self.resident, self.mapped, self.budget = resident, mapped, budget
+        self.trims = 0
+
+    def trim(self) -> bool:
+        """Drop the mapped pages from this process when they pass ``budget`` bytes (they stay in the page
+        cache); True when it dropped them."""
+        if self.mapped is None or mapped_resident_bytes() <= self.budget:
+            return False
+        self.mapped._mmap.madvise(mmap_module.MADV_DONTNEED)
+        self.trims += 1
+        return True
+
+
+def mapped_resident_bytes() -> int:
+    """This process's resident file-backed pages (RssFile of /proc/self/status; 0 where unknown)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("RssFile:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def open_weights(folder: Path, entries: list[Entry], mmap: bool = False) -> tuple[dict[str, paddle.Tensor],
+                                                                                 WeightBuffers | None]:
+    """Paddle tensors over ``folder/weights.bin`` by entry name, and the buffers they view: everything read
+    into memory, or (``mmap``) the routed experts mapped read-only and the rest read."""
     if not entries:  # a program of Paddle's op set keeps its weights as parameters
         return {}, None
     path = Path(folder) / FILE
@@ -129,20 +192,31 @@ def open_weights(folder: Path, entries: list[Entry], mmap: bool = False) -> tupl
         short = next(e for e in entries if e.offset + e.nbytes > size)
         raise ErnieError(f"{FILE} has {size} bytes but its weights need {need}; it ends inside {short.name!r} "
                          "(truncated); re-run `ernie-paddle export`", path)
-    if mmap:
-        buf = np.memmap(path, dtype=np.uint8, mode="r", shape=(need,))
-    else:
-        buf = np.empty(need, dtype=np.uint8)
-        with open(path, "rb", buffering=0) as fh:
-            got = fh.readinto(memoryview(buf))
-        if got != need:
-            raise ErnieError(f"read {got} of {need} bytes (the file changed while loading)", path)
-    return {e.name: _tensor(buf, e) for e in entries}, buf
+    mapped = [e for e in entries if mmap and e.experts]
+    read = [e for e in entries if not (mmap and e.experts)]
+    resident = np.empty(sum(-(-e.nbytes // ALIGN) * ALIGN for e in read), dtype=np.uint8)
+    tensors, pos = {}, 0
+    with open(path, "rb", buffering=0) as fh:
+        for e in read:
+            view = resident[pos:pos + e.nbytes]
+            fh.seek(e.offset)
+            if fh.readinto(memoryview(view)) != e.nbytes:
+                raise ErnieError(f"short read of {e.name!r} (the file changed while loading)", path)
+            tensors[e.name] = _tensor(view, e.dtype, e.shape)
+            pos += -(-e.nbytes // ALIGN) * ALIGN
+    region = None
+    if mapped:
+        start = min(e.offset for e in mapped) // mmap_module.ALLOCATIONGRANULARITY * mmap_module.ALLOCATIONGRANULARITY
+        end = max(e.offset + e.nbytes for e in mapped)
+        region = np.memmap(path, dtype=np.uint8, mode="r", offset=start, shape=(end - start,))
+        for e in mapped:
+            tensors[e.name] = _tensor(region[e.offset - start:e.offset - start + e.nbytes], e.dtype, e.shape)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return tensors, WeightBuffers(resident, region, int(MAPPED_BUDGET * ram))
 
 
-def _tensor(buf: np.ndarray, e: Entry) -> paddle.Tensor:
-    """A zero-copy Paddle tensor of entry ``e`` in ``buf`` (bf16 travels as int16: DLPack has no ml_dtypes)."""
-    raw = buf[e.offset:e.offset + e.nbytes]
-    if e.dtype == "bfloat16":
-        return paddle.utils.dlpack.from_dlpack(raw.view(np.int16).reshape(e.shape)).view(paddle.bfloat16)
-    return paddle.utils.dlpack.from_dlpack(raw.view(DTYPES[e.dtype]).reshape(e.shape))
+def _tensor(raw: np.ndarray, dtype: str, shape) -> paddle.Tensor:
+    """A zero-copy Paddle tensor over the bytes ``raw`` (bf16 travels as int16: DLPack has no ml_dtypes)."""
+    if dtype == "bfloat16":
+        return paddle.utils.dlpack.from_dlpack(raw.view(np.int16).reshape(shape)).view(paddle.bfloat16)
+    return paddle.utils.dlpack.from_dlpack(raw.view(DTYPES[dtype]).reshape(shape))

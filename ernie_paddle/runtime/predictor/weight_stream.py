@@ -86,12 +86,14 @@ class _Sink:
 
 
 def stream_weights(ckpt, model, qc, stubs, stored: StoredWeights, writer: WeightFileWriter,
-                   quiet: bool = True) -> set[str]:
+                   quiet: bool = True, after_file=None) -> set[str]:
     """Fill ``writer`` (then ``finish`` it) and the model's small parameters from ``ckpt``; returns the keys of
-    the parameters filled (every other model parameter stays unallocated)."""
+    the parameters filled (every other model parameter stays unallocated). ``after_file(path)``, for
+    benchmarks whose disk cannot hold two copies of a model (``scripts/bench_scale.py``): called with each
+    checkpoint file once every tensor of it has been read (Paddle layout)."""
     sink = _Sink(model, stored, writer, ckpt.folder)
     with progress_bar(len(ckpt.keys()), "export weights", quiet=quiet, unit="tensor") as bar:
-        stream = _counted(tensor_stream(ckpt, "keep"), bar)
+        stream = _counted(tensor_stream(ckpt, "keep"), bar, ckpt, after_file)
         if qc is not None:
             router = QuantRouter(model, stubs, qc, ckpt.folder, sink=sink.quantized)
             stream = router(stream)
@@ -103,7 +105,16 @@ def stream_weights(ckpt, model, qc, stubs, stored: StoredWeights, writer: Weight
     return sink.filled
 
 
-def _counted(stream, bar):
-    for item in stream:
-        yield item
+def _counted(stream, bar, ckpt, after_file=None):
+    """``stream`` with progress, calling ``after_file`` with each file whose tensors have all gone by."""
+    left: dict = {}
+    for name in ckpt.keys():
+        left[ckpt.specs[name].file] = left.get(ckpt.specs[name].file, 0) + 1
+    for key, arr in stream:
+        yield key, arr
         bar.update(1)
+        spec = ckpt.specs.get(key)
+        if after_file is not None and spec is not None:
+            left[spec.file] -= 1
+            if left[spec.file] == 0:
+                after_file(spec.file)
