@@ -2,6 +2,8 @@
 export, and the advice against a host's RAM; expected bytes counted by hand from the preset dims."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 from helpers import run_cli
@@ -121,3 +123,13 @@ def test_cli_mmap_plan_and_advice():
     assert out["advice"][0].startswith("host ram") and "fits" in out["advice"][0]
     r = run_cli("memory", "21B-A3B", "--mmap")
     assert r.returncode == 2 and "--device cpu" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_export_baseline_is_the_bare_process():
+    """EXPORT_BASELINE_BYTES against the RSS of a child that only imports paddle and ernie_paddle."""
+    code = ("import re, paddle, ernie_paddle; "
+            "print(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rss = int(r.stdout.split()[-1]) * 1024
+    assert 0.7 < rss / EXPORT_BASELINE_BYTES < 1.3, rss
