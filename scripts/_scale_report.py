@@ -1,42 +1,60 @@
 """bench_scale.py's figures: disk plan, the planner's figure per step, the targets of issue 17, tables.
 
 Planner figures (MB = 2^20 bytes), each with its basis in the step's ``planner_basis``:
-- serving steps: ``ernie_paddle.planning.memory.plan(cfg, quantization, context=prompt + new tokens,
-  batch=1, device="cpu").host_bytes_per_rank`` (the mmap step passes ``mmap=True`` once the planner takes it);
-- quantize and export: issue 17's streaming bound, the largest tensor in float32 + 600 MB (the planner has
-  no figure for a conversion);
+- export: ``ernie_paddle.planning.export_peak.export_peak`` of the exported checkpoint (process baseline, the
+  small float32 tensors kept for the parameter file, and the largest tensor group in flight: its source and
+  stored bytes, and a float32 copy when ``--direct`` quantizes on the fly);
+- generate: ``plan(cfg, "wint4", context=prompt + new tokens, batch=1, device="cpu").host_bytes_per_rank``
+  (every weight resident);
+- export_bf16: the streaming export peak of the bf16 checkpoint (its weights stay bf16);
+- mmap: ``plan(..., "bf16", mmap=True)`` (resident: the non-expert weights, KV cache and workspace; the
+  routed experts mapped) + the mapped pages the runtime keeps before it drops them
+  (``planning.host_ram.MAPPED_BUDGET`` of RAM) + one token's experts (``mapped_bytes_per_token``): VmHWM counts the
+  mapped pages a step touches;
+- quantize: issue 17's streaming bound, the largest tensor in float32 + 600 MB (the planner has no figure for
+  a checkpoint-to-checkpoint conversion);
 - the checkpoint writer, the GGUF writers and llama.cpp: none.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 
 MB = 1 << 20
 RSS_LIMIT_MB = 20 * 1024  # "never above 20 GB"
 STREAM_SLACK = 600 * MB
-PLANNER_STEPS = ("quantize_wint4", "export_wint4", "generate_wint4", "mmap_bf16")
+PLANNER_STEPS = ("quantize_wint4", "export_wint4", "generate_wint4", "export_bf16", "mmap_bf16")
 OUR_STEPS = ("write_bf16", *PLANNER_STEPS)
 
 
-def planner_figures(cfg, context: int) -> dict[str, tuple[float | None, str]]:
-    """step -> (planner MB or None, basis)."""
+def planner_figures(cfg, context: int, direct: bool = False) -> dict[str, tuple[float | None, str]]:
+    """step -> (planner MB or None, basis); ``direct``: the export quantizes the bf16 checkpoint on the fly."""
+    from ernie_paddle.planning.export_peak import export_peak_bytes
+    from ernie_paddle.planning.host_ram import MAPPED_BUDGET, host_ram_bytes
     from ernie_paddle.planning.memory import inventory, plan
+    from ernie_paddle.quant.config import online
 
     def serving(quantization: str, **extra) -> float:
         p = plan(cfg, quantization=quantization, context=context, batch=1, device="cpu", **extra)
         return p.host_bytes_per_rank / MB
 
     stream = (4 * max(t.k * t.n for t in inventory(cfg)) + STREAM_SLACK) / MB
-    stream_basis = "issue 17 streaming bound: largest tensor in float32 + 600 MB"
-    figures = {"quantize_wint4": (stream, stream_basis), "export_wint4": (stream, stream_basis),
-               "generate_wint4": (serving("wint4"), f"planner: wint4, cpu, context {context}, batch 1")}
-    if "mmap" in inspect.signature(plan).parameters:
-        figures["mmap_bf16"] = (serving("bf16", mmap=True), f"planner: bf16 mmap, cpu, context {context}")
+    if direct:
+        export, source = export_peak_bytes(cfg, "wint4") / MB, "the bf16 checkpoint, quantized on the fly"
     else:
-        figures["mmap_bf16"] = (None, "the planner has no mmap figure yet (issue 17 item 4)")
-    return figures
+        quantized = cfg.replace(quantization_config=online("wint4").to_dict(cfg.num_hidden_layers))
+        export, source = export_peak_bytes(quantized) / MB, "the wint4 checkpoint"
+    mapped = plan(cfg, quantization="bf16", context=context, batch=1, device="cpu", mmap=True)
+    budget = int(MAPPED_BUDGET * (host_ram_bytes() or 8 << 30))
+    return {
+        "quantize_wint4": (stream, "issue 17 streaming bound: largest tensor in float32 + 600 MB"),
+        "export_wint4": (export, f"planner: streaming export peak of {source}"),
+        "generate_wint4": (serving("wint4"), f"planner: wint4 resident, cpu, context {context}, batch 1"),
+        "export_bf16": (export_peak_bytes(cfg) / MB, "planner: streaming export peak of the bf16 checkpoint"),
+        "mmap_bf16": ((mapped.host_bytes_per_rank + budget + mapped.mapped_bytes_per_token) / MB,
+                      f"planner: bf16 mmap resident (cpu, context {context}) + the runtime's mapped-page budget "
+                      f"({MAPPED_BUDGET:.0%} of RAM) + one token's experts"),
+    }
 
 
 def disk_phases(cfg, checkpoint_bytes: int, shard_bytes: int, direct: bool, gguf_sizes: dict) -> dict:

@@ -181,7 +181,7 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
         return 2
     context = args.prompt_len + args.new_tokens
-    bench = Bench(work, planner_figures(cfg, context), args)
+    bench = Bench(work, planner_figures(cfg, context, args.direct), args)
     bench.log(f"{args.preset} ({cfg.num_hidden_layers} layers): bf16 checkpoint {b_bytes / 1e9:.2f} GB in "
               f"{len(shards)} shards; disk needed {need / 1e9:.1f} GB of {free / 1e9:.1f} GB free in {work}")
     ids = np.random.default_rng(args.seed).integers(3, cfg.vocab_size, args.prompt_len).tolist()

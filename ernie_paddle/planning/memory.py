@@ -19,6 +19,12 @@ How each engine holds the weights (``Holding``, per memory kind of ``converters.
   holds the score matrix.
 - GPU: unquantized tensors in the checkpoint dtype (bf16), quantized linears as the checkpoint stores them;
   routers and correction bias float32.
+
+Memory-mapped (``mmap=True``: the CPU predictor serving its export's weight file mapped, ``--mmap`` /
+``--offload-folder``): every token reads all non-expert weights, so they count as resident; the routed
+experts (most of an MoE) are ``mapped_bytes``, paged in from the file as the router picks them and held
+only as far as the page cache has room (``mapped_bytes_per_token``: what one token reads of them at most).
+A dense model has no routed experts: its mmap plan maps nothing.
 """
 
 from __future__ import annotations
@@ -154,7 +160,8 @@ def tensor_bytes(t: Tensor, scheme: Scheme, held: Holding, count: int | None = N
 # --------------------------------------------------------------------------- plan
 @dataclass
 class MemoryPlan:
-    """All figures in bytes or counts; ``*_per_rank`` are for one tensor-parallel rank."""
+    """All figures in bytes or counts; ``*_per_rank`` are for one tensor-parallel rank. With ``mmap`` the
+    weight figures are the resident part and ``mapped_bytes`` the routed experts served from the file."""
 
     model: str
     family: str
@@ -179,6 +186,9 @@ class MemoryPlan:
     runtime_bytes_per_rank: int
     total_bytes_per_rank: int
     host_bytes_per_rank: int
+    mmap: bool = False
+    mapped_bytes: int = 0
+    mapped_bytes_per_token: int = 0
     fit: dict = field(default_factory=dict)
 
     def resident_bytes(self) -> int:
@@ -190,9 +200,9 @@ class MemoryPlan:
 
 
 def plan(cfg: ErnieConfig, *, quantization: str | None = None, context: int = 4096, batch: int = 1,
-         tp: int = 1, device: str = "gpu", engine: str = "auto", model: str = "") -> MemoryPlan:
+         tp: int = 1, device: str = "gpu", engine: str = "auto", model: str = "", mmap: bool = False) -> MemoryPlan:
     """MemoryPlan memory for ``cfg`` served with ``batch`` sequences of ``context`` tokens on ``tp`` ranks
-    by ``engine`` (see ``engine_for``)."""
+    by ``engine`` (see ``engine_for``); ``mmap``: the CPU predictor with its routed experts mapped."""
     if device not in ("cpu", "gpu"):
         raise ErnieError(f"--device must be cpu or gpu, not {device!r}")
     if context < 1 or batch < 1:
@@ -200,6 +210,9 @@ def plan(cfg: ErnieConfig, *, quantization: str | None = None, context: int = 40
     scheme = scheme_for(quantization, cfg)
     engine = engine_for(cfg, scheme, device, tp, engine)
     held = holding(cfg, scheme, device, engine)
+    if mmap and (device != "cpu" or engine != "predictor"):
+        raise ErnieError(f"--mmap maps the weight file of a CPU predictor export; this plan is {engine} on "
+                         f"{device} ({cfg.family} model, tp={tp}): plan it with --device cpu on one rank")
     stored = 4 if cfg.dtype == "float32" else 2
     disk, disk_scheme = Holding(stored, stored, stored, stored), scheme if scheme.quantized else Scheme("bf16", "bf16")
     whole, rank = inventory(cfg, 1), inventory(cfg, tp)
@@ -211,7 +224,9 @@ def plan(cfg: ErnieConfig, *, quantization: str | None = None, context: int = 40
     dygraph_cpu = device == "cpu" and engine == "dygraph"
     copies_head = dygraph_cpu and cfg.tie_word_embeddings and not scheme.quantized  # see runtime.text
     head_copy = 4 * cdiv(cfg.vocab_size, tp) * cfg.hidden_size if copies_head else 0
-    weights_rank = sum(tensor_bytes(t, scheme, held) for t in rank) + head_copy
+    mapped = [t for t in whole if mmap and t.kind == EXPERT]  # mmap plans run on one rank
+    mapped_bytes = sum(tensor_bytes(t, scheme, held) for t in mapped)
+    weights_rank = sum(tensor_bytes(t, scheme, held) for t in rank) + head_copy - mapped_bytes
     act = _activations(cfg, 4 if wide else 2, dygraph_cpu, tp, context, batch)
     runtime = CPU_RUNTIME_BYTES if device == "cpu" else GPU_RUNTIME_BYTES
     kv_rank = kv_tok_rank * context * batch
@@ -227,12 +242,13 @@ def plan(cfg: ErnieConfig, *, quantization: str | None = None, context: int = 40
                    params_mtp=sum(t.params for t in whole if t.mtp),
                    params_vision=sum(t.params for t in whole if t.kind == VISION),
                    checkpoint_bytes=sum(tensor_bytes(t, disk_scheme, disk) for t in whole),
-                   weight_bytes=sum(tensor_bytes(t, scheme, held) for t in whole) + head_copy * tp,
+                   weight_bytes=sum(tensor_bytes(t, scheme, held) for t in whole) + head_copy * tp - mapped_bytes,
                    weight_bytes_per_rank=weights_rank,
                    active_weight_bytes_per_token=sum(tensor_bytes(t, scheme, held, _active(t)) for t in whole),
                    kv_bytes_per_token=kv_tok, kv_bytes=kv_tok * context * batch, kv_bytes_per_rank=kv_rank,
                    activation_bytes_per_rank=act, runtime_bytes_per_rank=runtime, total_bytes_per_rank=total,
-                   host_bytes_per_rank=host)
+                   host_bytes_per_rank=host, mmap=mmap, mapped_bytes=mapped_bytes,
+                   mapped_bytes_per_token=sum(tensor_bytes(t, scheme, held, _active(t)) for t in mapped))
     p.fit = fit(p, cfg, quantization)
     return p
 
@@ -257,13 +273,15 @@ def _activations(cfg, act_b: int, eager_scores: bool, tp: int, context: int, bat
 
 
 def fit(p: MemoryPlan, cfg: ErnieConfig, quantization: str | None) -> dict:
-    """The smallest common card (GPU) or host RAM size (CPU) that holds one rank; else a --tp hint."""
+    """The smallest common card (GPU) or host RAM size (CPU) that holds one rank; else a --tp hint. A CPU
+    predictor plan of an MoE model adds ``mmap``: the same served with its routed experts mapped."""
     if p.device == "cpu":
-        need = p.total_bytes_per_rank * p.tp
-        for gb in HOST_RAM_GB:
-            if need <= gb * GiB * HOST_USABLE:
-                return {"kind": "host_ram", "name": f"{gb} GB host RAM", "gb": gb}
-        return {"kind": "none", "name": f"more than {HOST_RAM_GB[-1]} GB host RAM"}
+        found = _host_fit(p.total_bytes_per_rank * p.tp)
+        if p.engine == "predictor" and not p.mmap and cfg.is_moe:
+            q = plan(cfg, quantization=quantization, context=p.context, batch=p.batch, device="cpu",
+                     engine="predictor", mmap=True)
+            found["mmap"] = {"resident": q.total_bytes_per_rank, "mapped": q.mapped_bytes, **q.fit}
+        return found
     for gb, name in GPUS:
         if p.total_bytes_per_rank <= gb * GiB * GPU_USABLE:
             return {"kind": "gpu", "name": name, "gb": gb, "count": p.tp}
@@ -279,6 +297,13 @@ def fit(p: MemoryPlan, cfg: ErnieConfig, quantization: str | None) -> dict:
             hint = tp
             break
     return {"kind": "none", "name": f"no single {GPUS[-1][0]} GB card per rank", "min_tp": hint}
+
+
+def _host_fit(need: int) -> dict:
+    for gb in HOST_RAM_GB:
+        if need <= gb * GiB * HOST_USABLE:
+            return {"kind": "host_ram", "name": f"{gb} GB host RAM", "gb": gb}
+    return {"kind": "none", "name": f"more than {HOST_RAM_GB[-1]} GB host RAM"}
 
 
 def human(n: float) -> str:
@@ -300,15 +325,27 @@ def summary_lines(p: MemoryPlan) -> list[str]:
         f"parameters       {p.params_total / 1e9:.2f}B total, {p.params_active / 1e9:.2f}B active per token"
         f" (MTP {p.params_mtp / 1e9:.2f}B, vision {p.params_vision / 1e9:.2f}B)",
         f"checkpoint       {human(p.checkpoint_bytes)}",
-        f"weights          {human(p.weight_bytes)} resident (all experts), {human(p.weight_bytes_per_rank)}/rank;"
-        f" {human(p.active_weight_bytes_per_token)} read per token",
+        _weights_line(p),
         f"kv cache         {human(p.kv_bytes_per_token)}/token; {human(p.kv_bytes)} for batch {p.batch} x"
         f" {p.context} tokens ({human(p.kv_bytes_per_rank)}/rank)",
         f"activations      {human(p.activation_bytes_per_rank)}/rank (prefill peak)",
         f"runtime          {human(p.runtime_bytes_per_rank)}/rank",
         f"total per rank   {human(p.total_bytes_per_rank)} (host {human(p.host_bytes_per_rank)})",
         f"fits             {_fit_text(p.fit)}",
+        *([f"mmap             {human(m['resident'])} resident + {human(m['mapped'])} routed experts mapped "
+           f"(--mmap): fits {_fit_text(m)}"] if (m := p.fit.get("mmap")) else []),
     ]
+
+
+def _weights_line(p: MemoryPlan) -> str:
+    if p.mmap and not p.mapped_bytes:
+        return f"weights          {human(p.weight_bytes)} resident (--mmap maps routed experts only; this model has none)"
+    if p.mmap:
+        return (f"weights          {human(p.weight_bytes)} resident (all but the routed experts) + "
+                f"{human(p.mapped_bytes)} mapped (routed experts, up to {human(p.mapped_bytes_per_token)} "
+                f"read per token)")
+    return (f"weights          {human(p.weight_bytes)} resident (all experts), {human(p.weight_bytes_per_rank)}/rank;"
+            f" {human(p.active_weight_bytes_per_token)} read per token")
 
 
 ROW_FIELDS = ("quantization", "engine", "weight_bytes", "weight_bytes_per_rank", "kv_bytes_per_rank",

@@ -11,7 +11,7 @@ tensor to Paddle without a copy (DLPack over the numpy view):
 - mapped (``mmap=True``): the routed experts (entries marked ``experts``: most of an MoE's bytes, of which a
   token touches its chosen few) stay memory-mapped read-only, the rest is read. Only the expert pages that
   decoding touches come in, and the page cache keeps what fits. ``WeightBuffers.trim`` drops the mapped pages
-  from the process once they pass ``MAPPED_BUDGET`` of RAM (``madvise(MADV_DONTNEED)``: they stay in the page
+  from the process once they pass ``planning.host_ram.MAPPED_BUDGET`` of RAM (``madvise(MADV_DONTNEED)``: they stay in the page
   cache, so a later touch is a minor fault, not a read), so the process's resident set stays bounded by
   the resident part + that budget + one step's experts.
 """
@@ -28,11 +28,11 @@ import numpy as np
 import paddle
 
 from ernie_paddle.errors import ErnieError
+from ernie_paddle.planning.host_ram import MAPPED_BUDGET, host_ram_bytes
 
 FILE = "weights.bin"
 ALIGN = 64
 HEADROOM = 2 << 30  # memory kept for the KV cache and workspace when deciding to map (``should_map``)
-MAPPED_BUDGET = 0.25  # of the machine's RAM: mapped expert pages kept in the process before ``trim``
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
           "int8": np.dtype(np.int8), "uint8": np.dtype(np.uint8)}
 
@@ -211,8 +211,7 @@ def open_weights(folder: Path, entries: list[Entry], mmap: bool = False) -> tupl
         region = np.memmap(path, dtype=np.uint8, mode="r", offset=start, shape=(end - start,))
         for e in mapped:
             tensors[e.name] = _tensor(region[e.offset - start:e.offset - start + e.nbytes], e.dtype, e.shape)
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return tensors, WeightBuffers(resident, region, int(MAPPED_BUDGET * ram))
+    return tensors, WeightBuffers(resident, region, int(MAPPED_BUDGET * (host_ram_bytes() or 8 << 30)))
 
 
 def _tensor(raw: np.ndarray, dtype: str, shape) -> paddle.Tensor:
