@@ -352,3 +352,19 @@ def test_runtime_layer_matches_reference_on_every_path(monkeypatch, method, path
         assert got.shape == (*shape[:-1], n)
         # float32 sums of K products: |error| <~ sqrt(K) eps max|x w|, about 1e-6 of the output scale
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("method", ["wint8", "wint4", "fp8"])
+def test_online_quantization_in_column_chunks_is_exact(method, monkeypatch):
+    """Quantizing on load goes ONLINE_CHUNK output columns at a time (bounded float32 copies); the pieces
+    join to exactly the tensors of quantizing the whole linear (the last chunk partial)."""
+    from ernie_paddle.quant.tensors import quantize_weight
+    from ernie_paddle.runtime import quantized_weights as qw
+
+    w = np.random.default_rng(5).standard_normal((256, 640)).astype(ml_dtypes.bfloat16)  # as a bf16 checkpoint
+    whole = quantize_weight(method, w.astype(np.float32), block=128, name="x", layout="plain")
+    monkeypatch.setattr(qw, "ONLINE_CHUNK", 256)
+    chunked, _ = qw._online_tensors(method, w, 128, "x")
+    assert set(chunked) == set(whole)
+    for key in whole:
+        np.testing.assert_array_equal(chunked[key], whole[key])

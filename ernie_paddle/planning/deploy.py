@@ -17,6 +17,7 @@ import sys
 import yaml
 
 from ernie_paddle.errors import ErnieError
+from ernie_paddle.planning.export_peak import export_peak_bytes
 from ernie_paddle.planning.memory import MemoryPlan, plan
 from ernie_paddle.planning.model_ref import default_quantization, load_config
 from ernie_paddle.planning.storage import QUANTIZATIONS
@@ -53,7 +54,9 @@ def render(model: str, *, name: str = "ernie", image: str | None = None, model_d
         quantization = default_quantization(model)
     p = plan(cfg, quantization=quantization, context=context, batch=batch, tp=tp, device=device, model=model)
     first_start = None
-    if p.engine == "predictor":  # the first start exports in the serving process: the dygraph model + the
+    if p.engine == "predictor" and device == "cpu":  # the first start exports, streaming (a tensor group)
+        first_start = export_peak_bytes(cfg, quantization if not cfg.quantization_config else None)
+    elif p.engine == "predictor":  # Paddle's op set exports from the loaded dygraph model
         first_start = plan(cfg, quantization=quantization, context=context, batch=batch, tp=tp, device=device,
                            model=model, engine="dygraph").host_bytes_per_rank + p.host_bytes_per_rank
     per_node = min(tp, gpus_per_node)

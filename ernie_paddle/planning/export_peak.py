@@ -6,9 +6,9 @@ time, so its peak is the process baseline, the small tensors kept for the progra
 source bytes (as the checkpoint stores them), its stored bytes (the CPU kernel form the export writes) and,
 when it quantizes on the fly, one float32 copy of the group.
 
-Groups are the memory planner's inventory (``planning.memory.inventory``, itself the rule table's tensors):
-the routed experts of one layer and one rule are one group (the export stacks them), every other linear and
-the embedding (a tied head is the same table) one tensor each. MTP layers and the vision tower are not
+Groups are the memory planner's inventory (``planning.memory.inventory``, itself the rule table's tensors),
+one tensor each: a routed expert is written at its slice of the layer's stack in the weight file, so no stack
+is ever in memory; the embedding (a tied head is the same table) is one tensor. MTP layers and the vision tower are not
 exported (the predictor runs text models without MTP).
 """
 
@@ -72,11 +72,10 @@ def export_peak(cfg: ErnieConfig, quantization: str | None = None, weights_forma
         if t.kind in (NORM, FP32):
             kept += tensor_bytes(t, target, held)
             continue
-        count = t.count if t.kind == EXPERT else 1
-        widened = 4 * t.k * t.n * count if on_the_fly and t.kind in (LINEAR, EXPERT) else 0
-        name = f"{t.name} and the layer's {count - 1} other experts" if count > 1 else t.name
-        group = ExportPeak(EXPORT_BASELINE_BYTES, 0, name, tensor_bytes(t, source, disk, count),
-                           tensor_bytes(t, target, held, count), widened)
+        # one tensor at a time: an expert is written at its slice of the layer's stack, never stacked in memory
+        widened = 4 * t.k * t.n if on_the_fly and t.kind in (LINEAR, EXPERT) else 0
+        group = ExportPeak(EXPORT_BASELINE_BYTES, 0, t.name, tensor_bytes(t, source, disk, 1),
+                           tensor_bytes(t, target, held, 1), widened)
         if best is None or group.total > best.total:
             best = group
     return replace(best, kept=kept)

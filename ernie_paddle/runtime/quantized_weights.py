@@ -21,9 +21,10 @@ from paddle import nn
 from converters import rules
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.models.layers import Linear
+from ernie_paddle.quant import kernel_form
 from ernie_paddle.quant.config import ONLINE_METHODS, QuantConfig, online, parse
 from ernie_paddle.quant.linear import QuantLinear
-from ernie_paddle.quant.tensors import quantize_weight
+from ernie_paddle.quant.tensors import compact, quantize_weight
 from ernie_paddle.runtime.weights import build_model, load_weights, tensor_stream
 
 _IGNORED = ("activation_scale",)  # named by FastDeploy's key map for block-wise FP8, never read
@@ -111,9 +112,20 @@ def install_stubs(model: nn.Layer, ckpt, qc: QuantConfig, online_: bool) -> dict
     return stubs
 
 
+ONLINE_CHUNK = 2048  # output columns quantized at a time (a multiple of every block): bounds the float32 copies
+
+
 def _online_tensors(method: str, w: np.ndarray, block: int, name: str) -> tuple[dict, str]:
-    """The compact tensors of W [in, out] (same values ``converters.quantize`` writes) and their layout."""
-    return quantize_weight(method, w, block=block, name=name, layout="plain"), ("auto" if method == "fp8" else "plain")
+    """The compact tensors of W [in, out] (same values ``converters.quantize`` writes) and their layout,
+    quantized ``ONLINE_CHUNK`` output columns at a time (scales are per column or per 128-column block, so
+    the pieces join exactly): a float32 copy of one chunk at a time, not of the whole linear."""
+    parts = [quantize_weight(method, np.asarray(w[:, c:c + ONLINE_CHUNK], np.float32), block=block, name=name,
+                             layout="plain") for c in range(0, w.shape[1], ONLINE_CHUNK)]
+    scale_axis = 1 if method == "fp8" else 0  # fp8: [in/b, out/b] block grid; weight-only: [out]
+    tensors = {key: parts[0][key] if len(parts) == 1 else
+               np.concatenate([p[key] for p in parts], axis=1 if key == "quant_weight" else scale_axis)
+               for key in parts[0]}
+    return tensors, ("auto" if method == "fp8" else "plain")
 
 
 def _guess(tensors: dict, elements: int) -> str | None:
@@ -133,7 +145,8 @@ def _guess(tensors: dict, elements: int) -> str | None:
 
 class QuantRouter:
     """Passes the plain tensors on and turns the quantized ones into QuantLinears, installed in the model
-    (or handed to ``sink(prefix, layer)`` instead: the streaming export writes and drops each one)."""
+    (or their kernel form handed to ``sink(prefix, form)`` instead: the streaming export writes and drops
+    each one)."""
 
     def __init__(self, model: nn.Layer, stubs: dict[str, _Pending], qc: QuantConfig, source, sink=None):
         self.model, self.stubs, self.qc, self.source, self.sink = model, stubs, qc, source, sink
@@ -143,18 +156,20 @@ class QuantRouter:
     def _build(self, prefix: str, tensors: dict, layout_: str = "auto") -> None:
         stub = self.stubs[prefix]
         try:
-            layer = QuantLinear.from_tensors(stub.method, tensors, stub.in_features, stub.out_features,
-                                                    layout=layout_, block=self.qc.block_size, name=prefix)
+            arrays = compact(stub.method, tensors, stub.in_features, stub.out_features, layout=layout_,
+                             block=self.qc.block_size, name=prefix)
         except ErnieError as e:
             guess = _guess(tensors, stub.in_features * stub.out_features)
             hint = (f" (its tensors look like {guess}, but quantization_config says {stub.method})"
                     if guess and guess != stub.method else "")
             raise ErnieError(f"{e}{hint}", self.source) from None
+        form = kernel_form.to_kernel_form(stub.method, arrays)
         if self.sink is not None:
-            self.sink(prefix, layer)
+            self.sink(prefix, form)
         else:
             parent, name, _ = _owner(self.model, prefix + ".weight")
-            parent._sub_layers[name] = layer
+            parent._sub_layers[name] = QuantLinear(stub.method, stub.in_features, stub.out_features, form,
+                                                   self.qc.block_size, tensors.get("bias"))
         self.done.add(prefix)
 
     def __call__(self, tensors: Iterable[tuple[str, np.ndarray]]) -> Iterator[tuple[str, np.ndarray]]:
@@ -164,8 +179,7 @@ class QuantRouter:
             if stub is None:
                 yield key, arr
             elif stub.online:
-                tensors_, layout_ = _online_tensors(stub.method, np.asarray(arr, np.float32), self.qc.block_size,
-                                                    prefix)
+                tensors_, layout_ = _online_tensors(stub.method, arr, self.qc.block_size, prefix)
                 self._build(prefix, tensors_, layout_)
             elif suffix in _IGNORED:
                 continue

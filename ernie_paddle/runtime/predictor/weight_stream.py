@@ -59,10 +59,10 @@ class _Sink:
                              f"{list(entry.shape)}", self.source)
         self.writer.write(index, array, (target.expert or 0) * per)
 
-    def quantized(self, prefix: str, layer) -> None:
-        """A quantized linear's kernel form (its buffers), written and dropped."""
+    def quantized(self, prefix: str, form: dict) -> None:
+        """A quantized linear's kernel form (``quant.kernel_form``), written and dropped."""
         for name in self.stored.targets[prefix].inputs:
-            self._write(prefix, name, getattr(layer, name).numpy())
+            self._write(prefix, name, form[name])
 
     def tensor(self, key: str, arr: np.ndarray) -> None:
         prefix = key.removesuffix(".weight")
