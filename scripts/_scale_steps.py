@@ -71,7 +71,9 @@ def _kill_tree(pid: int) -> None:
 
 def run_step(kind: str, args: dict, result: Path, log: Path, cap_bytes: int, disk: Path,
              disk_reserve: int, env: dict, heartbeat=None) -> StepRun:
-    """Run one child step; ``heartbeat(seconds, rss_bytes)`` is called about once a minute."""
+    """Run one child step; ``heartbeat(seconds, rss_bytes)`` is called about once a minute. The step is
+    killed when its anonymous memory (RssAnon) passes ``cap_bytes``: mapped file pages also count in its RSS,
+    which is reported, but the kernel reclaims them (a mapped run's RSS follows the page cache)."""
     result.unlink(missing_ok=True)
     start = time.perf_counter()
     with open(log, "w") as err:
@@ -79,10 +81,11 @@ def run_step(kind: str, args: dict, result: Path, log: Path, cap_bytes: int, dis
                                 cwd=ROOT, env=env, stdout=err, stderr=subprocess.STDOUT)
         peak, killed, beat = 0, "", start
         while proc.poll() is None:
-            rss = sum(_status_kb(p, "VmRSS") for p in _tree(proc.pid)) * 1024
+            tree = _tree(proc.pid)
+            rss = sum(_status_kb(p, "VmRSS") for p in tree) * 1024
             peak = max(peak, rss)
-            if rss > cap_bytes:
-                killed = f"peak RSS passed the cap of {cap_bytes / MB:.0f} MB"
+            if sum(_status_kb(p, "RssAnon") for p in tree) * 1024 > cap_bytes:
+                killed = f"anonymous memory passed the cap of {cap_bytes / MB:.0f} MB"
             elif shutil.disk_usage(disk).free < disk_reserve:
                 killed = f"free disk fell below {disk_reserve / MB:.0f} MB"
             if killed:

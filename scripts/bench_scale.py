@@ -16,8 +16,8 @@ Steps, in this order (intermediates are deleted as soon as no later step needs t
     its weights memory-mapped (``load(..., mmap=True)``, what ``--mmap`` runs); export deleted.
  7. gguf_bf16 + llamacpp_bf16_mmap: a BF16 GGUF of the same weights, each tensor drawn again from the
     checkpoint's generator (the checkpoint is gone), decoded by llama.cpp with its file mapped.
-A step the code cannot do yet is reported "not available" with the reason; a step that passes the RSS
-cap (20 GB, or the machine's RAM - 2 GB) or fills the disk is killed and reported "killed" (e.g. an
+A step the code cannot do yet is reported "not available" with the reason; a step whose anonymous memory
+passes the cap (20 GB, or the machine's RAM - 2 GB) or that fills the disk is killed and reported "killed" (e.g. an
 export that still materializes the float model). Free disk is checked first, against the fullest moment
 of the plan. Peak RSS is the child's VmHWM (and the sampled peak of its process tree), in MB = 2^20 B.
 ``--json`` writes ``steps``, ``decode``, ``targets`` and ``targets_met`` (see ``_scale_report``).

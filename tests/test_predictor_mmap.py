@@ -45,6 +45,20 @@ def test_mapped_weights_give_the_resident_logits(wint4_export):
     assert buffers.trims >= 6
 
 
+def test_mapped_experts_beyond_their_budget_prefill_a_token_per_run(wint4_export):
+    """When the mapped experts exceed the mapped-page budget a prompt runs one token per step (so no step
+    pages in more than one token's experts): the same logits within 1e-5 and the same tokens, left padding
+    included."""
+    resident, mapped = load(wint4_export, mmap=False), load(wint4_export, mmap=True)
+    assert mapped.predictor.tokens_per_run() is None and resident.predictor.tokens_per_run() is None
+    mapped.predictor.weight_buffers.budget = 0
+    assert mapped.predictor.tokens_per_run() == 1
+    ids = [PROMPTS[0], PROMPTS[1][:3]]
+    np.testing.assert_allclose(mapped.logits(np.array([PROMPTS[0]])), resident.logits(np.array([PROMPTS[0]])),
+                               rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(mapped.generate(ids, max_new_tokens=6), resident.generate(ids, max_new_tokens=6))
+
+
 def test_only_the_routed_experts_stay_mapped(wint4_export):
     """A mapped load maps the expert stacks (most of an MoE's bytes) and reads the rest: the mapped region
     holds exactly the entries marked as experts."""

@@ -76,9 +76,17 @@ class PredictorModel:
             m = attention_mask.numpy() if isinstance(attention_mask, paddle.Tensor) else attention_mask
             mask = np.asarray(m, dtype=np.int64).reshape(b, t)
         state = cache if cache is not None else PredictorCache(self.predictor, t)
-        start = state.length
-        positions, key_mask = state.positions_and_mask(mask)
-        index = np.array([t - 1] if last_only else np.arange(t), dtype=np.int64)
-        out = self.predictor.run(ids, positions, key_mask, start, index, state.kv)
-        state.advance(key_mask)
-        return out
+        step = self.predictor.tokens_per_run() or t
+        outs = []
+        for c0 in range(0, t, step):  # mapped experts bigger than their budget: one token's experts per run
+            c1 = min(t, c0 + step)
+            start = state.length
+            positions, key_mask = state.positions_and_mask(mask[:, c0:c1])
+            last = c1 == t
+            if last_only and not last:
+                index = np.array([c1 - c0 - 1], dtype=np.int64)  # computed and dropped: one row is cheap
+            else:
+                index = np.array([c1 - c0 - 1] if last_only else np.arange(c1 - c0), dtype=np.int64)
+            outs.append(self.predictor.run(ids[:, c0:c1], positions, key_mask, start, index, state.kv))
+            state.advance(key_mask)
+        return outs[-1] if last_only or len(outs) == 1 else np.concatenate(outs, axis=1)

@@ -119,6 +119,15 @@ class Predictor:
         self._out = self._pred.get_output_handle(self._pred.get_output_names()[0])
         self._first = True
 
+    def tokens_per_run(self) -> int | None:
+        """1 when the mapped experts exceed the mapped-page budget (a prompt then runs a token at a time, so
+        that no run pages in more than one token's experts: the resident set stays bounded), else None (the
+        whole prompt in one run)."""
+        buffers = self.weight_buffers
+        if self.mmap and buffers.mapped.nbytes > buffers.budget:
+            return 1
+        return None
+
     def new_kv(self, batch: int, capacity: int) -> paddle.Tensor:
         c = self.config
         return paddle.zeros([c.num_hidden_layers, 2, batch, c.num_key_value_heads, capacity, c.head_dim],
