@@ -229,18 +229,26 @@ inline float idot(const int8_t* xq, const float* xs, const F& f, int64_t k) {
   return s * f.row_scale();
 }
 
-// y [m, n] (row stride n) in the int8 mode: each thread a run of kChunk weight rows, each row read from
-// memory once and from L1 for the other token rows.
+// y[r, n] (row stride ldy) in the int8 mode for output rows n0 .. n1 and token rows r < m: each weight row
+// read from memory once and from L1 for the other token rows.
+template <class V, class F>
+void igemv_range(const int8_t* xq, const float* xs, int64_t m, int64_t k, const Mat& w, int64_t n0, int64_t n1,
+                 float* y, int64_t ldy) {
+  const int64_t blocks = (k + kUnit - 1) / kUnit;
+  for (int64_t n = n0; n < n1; ++n) {
+    const F f(w, n);
+    for (int64_t r = 0; r < m; ++r) y[r * ldy + n] = idot<V>(xq + r * k, xs + r * blocks, f, k);
+  }
+}
+
+// y [m, n] (row stride n) in the int8 mode: each thread a run of kChunk weight rows.
 template <class V, class F>
 void igemv_with(const int8_t* xq, const float* xs, int64_t m, int64_t k, const Mat& w, float* y) {
-  const int64_t blocks = (k + kUnit - 1) / kUnit, chunks = (w.n + kChunk - 1) / kChunk;
+  const int64_t chunks = (w.n + kChunk - 1) / kChunk;
   const int threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), chunks));
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t c = 0; c < chunks; ++c)
-    for (int64_t n = c * kChunk; n < std::min(w.n, (c + 1) * kChunk); ++n) {
-      const F f(w, n);
-      for (int64_t r = 0; r < m; ++r) y[r * w.n + n] = idot<V>(xq + r * k, xs + r * blocks, f, k);
-    }
+    igemv_range<V, F>(xq, xs, m, k, w, c * kChunk, std::min(w.n, (c + 1) * kChunk), y, w.n);
 }
 
 template <class F>
