@@ -7,8 +7,9 @@
 // of about equal cost, so it streams long runs of weight rows; SwiGLU is fused into the up_gate items (an
 // item computes the gate rows n0 .. n1 and the matching up rows I + n0 .. I + n1); one barrier; the down
 // items write each routed row's output into its own buffer row; one barrier; each token's output is the
-// weighted sum of its rows in ascending expert order. No atomics, and each (row, output) value is computed
-// exactly as ernie_linear computes it, so results do not depend on the thread count.
+// weighted sum of its rows in ascending expert order. No atomics; each (row, output) value is computed exactly
+// as ernie_linear computes it (the same kernels and row blocks), so results do not depend on the thread
+// count (except float32 experts with many rows, which go to MKL like ernie_linear's prefill).
 //
 // Passes hold at most kPassRows routed rows (bounded scratch in prefill). float32 experts with more than
 // kSmallRows rows run through linear_into (Paddle's matmul, MKL) between the region and the sum.
@@ -19,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "linear_kernels.h"
@@ -80,16 +82,32 @@ struct MoeCall {
   float* y;  // [T, H], zeros on entry
 };
 
-// The items [lo, hi) of thread id of `threads`: contiguous runs of about equal cost (prefix: cumulative cost).
-inline std::pair<int64_t, int64_t> my_items(const std::vector<int64_t>& prefix, int id, int threads) {
-  const int64_t total = prefix.back(), items = static_cast<int64_t>(prefix.size()) - 1;
-  auto owner = [&](int64_t i) { return (prefix[i] + prefix[i + 1]) * threads / (2 * std::max<int64_t>(total, 1)); };
-  int64_t lo = 0;
-  while (lo < items && owner(lo) < id) ++lo;
-  int64_t hi = lo;
-  while (hi < items && owner(hi) <= id) ++hi;
-  return {lo, hi};
-}
+// The work items of one matrix over a pass's streamed experts: (expert i, chunk of kChunk output rows of n), in
+// that order, and their cumulative cost (kItemCost + the expert's token rows per item).
+struct Items {
+  const std::vector<int64_t>& experts;  // indices into the routing
+  int64_t chunks, n;
+  std::vector<int64_t> prefix{0};
+  Items(const std::vector<int64_t>& experts, const Routing& rt, int64_t n)
+      : experts(experts), chunks((n + kChunk - 1) / kChunk), n(n) {
+    for (const int64_t i : experts)
+      for (int64_t c = 0; c < chunks; ++c) prefix.push_back(prefix.back() + kItemCost + rt.start[i + 1] - rt.start[i]);
+  }
+  int64_t size() const { return static_cast<int64_t>(prefix.size()) - 1; }
+  int64_t expert(int64_t item) const { return experts[item / chunks]; }
+  int64_t n0(int64_t item) const { return (item % chunks) * kChunk; }
+  int64_t n1(int64_t item) const { return std::min(n, n0(item) + kChunk); }
+  // The items [lo, hi) of thread id of `team`: contiguous runs of about equal cost.
+  std::pair<int64_t, int64_t> share(int id, int team) const {
+    const int64_t total = std::max<int64_t>(prefix.back(), 1);
+    auto owner = [&](int64_t it) { return (prefix[it] + prefix[it + 1]) * team / (2 * total); };
+    int64_t lo = 0;
+    while (lo < size() && owner(lo) < id) ++lo;
+    int64_t hi = lo;
+    while (hi < size() && owner(hi) <= id) ++hi;
+    return {lo, hi};
+  }
+};
 
 // The scratch of one pass: every buffer [rows of the pass, width], rows in the grouped order.
 struct PassBuffers {
@@ -154,80 +172,72 @@ inline void add_pass(const MoeCall& c, int64_t base, int64_t rows, const float* 
 template <class V, class F>
 void experts_pass(const MoeCall& c, int64_t i0, int64_t i1, PassBuffers& b) {
   const Routing& rt = c.route;
-  const int64_t base = rt.start[i0], rows = rt.start[i1] - base, h = c.h, inter = c.inter;
+  const int64_t base = rt.start[i0], rows = rt.start[i1] - base, h = c.h, inter = c.inter, two_i = 2 * inter;
   const bool int8 = F::kInt8 && c.int8_act;
   const int64_t hb = PassBuffers::blocks(h), ib = PassBuffers::blocks(inter);
-  auto heavy = [&](int64_t i) { return std::is_same_v<F, F32> && rt.start[i + 1] - rt.start[i] > kSmallRows; };
-  // Work items of the region: (expert i, chunk); up_gate chunks over I, down chunks over H.
-  std::vector<int64_t> item_expert, ug_prefix{0}, dn_prefix{0};
-  const int64_t ug_chunks = (inter + kChunk - 1) / kChunk, dn_chunks = (h + kChunk - 1) / kChunk;
-  bool any_heavy = false;
-  for (int64_t i = i0; i < i1; ++i)
-    if (heavy(i))
-      any_heavy = true;
-    else
-      item_expert.push_back(i);
-  for (const int64_t i : item_expert)
-    for (int64_t ch = 0; ch < ug_chunks; ++ch) ug_prefix.push_back(ug_prefix.back() + kItemCost + rt.start[i + 1] - rt.start[i]);
-  for (const int64_t i : item_expert)
-    for (int64_t ch = 0; ch < dn_chunks; ++ch) dn_prefix.push_back(dn_prefix.back() + kItemCost + rt.start[i + 1] - rt.start[i]);
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), ug_prefix.size() - 1)));
+  auto offset = [&](int64_t i) { return rt.start[i] - base; };  // the expert's first row in the buffers
+  auto count = [&](int64_t i) { return rt.start[i + 1] - rt.start[i]; };
+  std::vector<int64_t> streamed, heavy;  // float32 experts with many rows: Paddle's matmul, after the region
+  for (int64_t i = i0; i < i1; ++i) (std::is_same_v<F, F32> && count(i) > kSmallRows ? heavy : streamed).push_back(i);
+  const Items ug_items(streamed, rt, inter), dn_items(streamed, rt, h);  // up_gate: chunks of gate (and up) rows
+  const int threads = static_cast<int>(std::clamp<int64_t>(ug_items.size(), 1, omp_get_max_threads()));
   float *xb = b.x.get(), *hid = b.hid.get(), *act = b.act.get(), *out = b.out.get();
   float* act_in = F::kPermuted ? b.act_in.get() : act;
   int8_t *xq = int8 ? b.xq.get() : nullptr, *aq = int8 ? b.aq.get() : nullptr;
   float *xs = int8 ? b.xs.get() : nullptr, *as = int8 ? b.as.get() : nullptr;
-  auto offset = [&](int64_t i) { return rt.start[i] - base; };
-  auto count = [&](int64_t i) { return rt.start[i + 1] - rt.start[i]; };
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const int id = omp_get_thread_num(), team = omp_get_num_threads();
 #pragma omp for schedule(static)
     for (int64_t g = 0; g < rows; ++g)
-      prepare_row<F>(c.x + rt.token[base + g] * h, h, xb + g * h, int8 ? xq + g * h : nullptr, int8 ? xs + g * hb : nullptr);
-    const auto [ua, ub] = my_items(ug_prefix, id, team);
-    for (int64_t it = ua; it < ub; ++it) {  // gate and up rows of one chunk, then their SwiGLU
-      const int64_t i = item_expert[it / ug_chunks], o = offset(i), m = count(i);
-      const int64_t n0 = (it % ug_chunks) * kChunk, n1 = std::min(inter, n0 + kChunk);
+      prepare_row<F>(c.x + rt.token[base + g] * h, h, xb + g * h, xq ? xq + g * h : nullptr,
+                     xs ? xs + g * hb : nullptr);
+    const auto [ua, ub] = ug_items.share(id, team);
+    for (int64_t it = ua; it < ub; ++it) {  // the gate rows n0 .. n1 and up rows I + n0 .. I + n1, then SwiGLU
+      const int64_t i = ug_items.expert(it), o = offset(i), m = count(i), n0 = ug_items.n0(it), n1 = ug_items.n1(it);
       const Mat w = c.up_gate.expert(rt.experts[i]);
-      item_rows<V, F>(xb + o * h, xq ? xq + o * h : nullptr, xs ? xs + o * hb : nullptr, m, h, w, n0, n1, hid + o * 2 * inter, 2 * inter);
-      item_rows<V, F>(xb + o * h, xq ? xq + o * h : nullptr, xs ? xs + o * hb : nullptr, m, h, w, inter + n0, inter + n1, hid + o * 2 * inter, 2 * inter);
+      const int8_t* q = xq ? xq + o * h : nullptr;
+      const float* qs = xs ? xs + o * hb : nullptr;
+      item_rows<V, F>(xb + o * h, q, qs, m, h, w, n0, n1, hid + o * two_i, two_i);
+      item_rows<V, F>(xb + o * h, q, qs, m, h, w, inter + n0, inter + n1, hid + o * two_i, two_i);
       for (int64_t r = o; r < o + m; ++r)
-        swiglu_span(hid + r * 2 * inter + n0, hid + r * 2 * inter + inter + n0, n1 - n0, act + r * inter + n0);
+        swiglu_span(hid + r * two_i + n0, hid + r * two_i + inter + n0, n1 - n0, act + r * inter + n0);
     }
 #pragma omp barrier
     if (F::kPermuted || int8) {
 #pragma omp for schedule(static)
       for (int64_t g = 0; g < rows; ++g)
-        prepare_row<F>(act + g * inter, inter, act_in + g * inter, int8 ? aq + g * inter : nullptr, int8 ? as + g * ib : nullptr);
+        prepare_row<F>(act + g * inter, inter, act_in + g * inter, aq ? aq + g * inter : nullptr,
+                       as ? as + g * ib : nullptr);
     }
-    const auto [da, db] = my_items(dn_prefix, id, team);
+    const auto [da, db] = dn_items.share(id, team);
     for (int64_t it = da; it < db; ++it) {
-      const int64_t i = item_expert[it / dn_chunks], o = offset(i), m = count(i);
-      const int64_t n0 = (it % dn_chunks) * kChunk, n1 = std::min(h, n0 + kChunk);
-      item_rows<V, F>(act_in + o * inter, aq ? aq + o * inter : nullptr, as ? as + o * ib : nullptr, m, inter,
-                      c.down.expert(rt.experts[i]), n0, n1, out + o * h, h);
+      const int64_t i = dn_items.expert(it), o = offset(i);
+      item_rows<V, F>(act_in + o * inter, aq ? aq + o * inter : nullptr, as ? as + o * ib : nullptr, count(i), inter,
+                      c.down.expert(rt.experts[i]), dn_items.n0(it), dn_items.n1(it), out + o * h, h);
     }
-    if (!any_heavy) {
+    if (heavy.empty()) {
 #pragma omp barrier
       add_pass(c, base, rows, out);
     }
   }
-  for (int64_t i = i0; i < i1; ++i) {  // float32 experts with many rows: Paddle's matmul
-    if (!heavy(i)) continue;
+  for (const int64_t i : heavy) {
     const int64_t o = offset(i), m = count(i);
-    linear_into<F>(xb + o * h, m, h, c.up_gate.expert(rt.experts[i]), hid + o * 2 * inter, false);
-    swiglu_rows(hid + o * 2 * inter, m, inter, act + o * inter);
+    linear_into<F>(xb + o * h, m, h, c.up_gate.expert(rt.experts[i]), hid + o * two_i, false);
+    swiglu_rows(hid + o * two_i, m, inter, act + o * inter);
     linear_into<F>(act + o * inter, m, inter, c.down.expert(rt.experts[i]), out + o * h, false);
   }
-  if (any_heavy) add_pass(c, base, rows, out);  // (outside a parallel region: on this thread)
+  if (!heavy.empty()) add_pass(c, base, rows, out);  // outside a parallel region: on this thread
 }
+
 template <class F>
 void experts_with(const MoeCall& c) {
   const Routing& rt = c.route;
   const int64_t used = static_cast<int64_t>(rt.experts.size());
-  int64_t most = 0;  // the largest pass
+  int64_t most = 0;  // the most rows of one expert (a pass of its own when over kPassRows)
   for (int64_t i = 0; i < used; ++i) most = std::max(most, rt.start[i + 1] - rt.start[i]);
-  PassBuffers buffers(std::max(most, std::min(kPassRows, c.t * c.top)), c.h, c.inter, F::kPermuted, F::kInt8 && c.int8_act);
+  PassBuffers buffers(std::max(most, std::min(kPassRows, c.t * c.top)), c.h, c.inter, F::kPermuted,
+                      F::kInt8 && c.int8_act);
   for (int64_t i0 = 0, i1 = 0; i0 < used; i0 = i1) {
     i1 = i0 + 1;
     while (i1 < used && rt.start[i1 + 1] - rt.start[i0] <= kPassRows) ++i1;
