@@ -88,6 +88,19 @@ def test_linear_matches_dequantized(ops, portable, fmt, k):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+def test_decode_rows_do_not_depend_on_their_batch(ops, fmt):
+    """Up to 3 token rows share each weight row's decode (dot_rows) with each row's own arithmetic: a row
+    gives the same bits alone, in 2 rows and in 3 (K with a row tail; an odd N)."""
+    k = 192 if fmt == "wint2" else 200
+    arrays, _ = _weights(fmt, k, 37, seed=11)
+    inputs = as_inputs(arrays)
+    x = np.random.default_rng(11).standard_normal((3, k)).astype(np.float32)
+    ys = [ops.ernie_linear(_t(x[:m]), *inputs, CODE[fmt], False).numpy() for m in (1, 2, 3)]
+    np.testing.assert_array_equal(ys[1][0], ys[0][0])
+    np.testing.assert_array_equal(ys[2][:2], ys[1])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_linear_keeps_leading_axes(ops, fmt):
     arrays, w = _weights(fmt, 128, 40, seed=3)
     x = np.random.default_rng(3).standard_normal((2, 3, 128)).astype(np.float32)
@@ -192,6 +205,24 @@ def test_moe_experts_in_passes_on_any_thread_count(ops, portable, fmt):
             else:
                 np.testing.assert_array_equal(again, out)
         np.testing.assert_array_equal(portable(ops.ernie_moe_experts, *args), out)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_moe_token_output_does_not_depend_on_its_batch(ops, fmt):
+    """8 tokens, at most 3 on an expert: each token's output has the same bits as the token alone (each
+    expert's rows computed independently, its sum in expert order)."""
+    rng = np.random.default_rng(60 + CODE[fmt])
+    (ug, dn), _, _ = _expert_stacks(fmt, 16, 128, 64, rng)
+    ids = np.stack([rng.permutation(16)[:2] for _ in range(8)]).astype(np.int64)
+    while np.bincount(ids.ravel()).max() > 3:
+        ids = np.stack([rng.permutation(16)[:2] for _ in range(8)]).astype(np.int64)
+    x = rng.standard_normal((8, 128)).astype(np.float32)
+    weights = rng.random((8, 2)).astype(np.float32)
+    stacks = (*as_inputs(ug), *as_inputs(dn), CODE[fmt], False)
+    batch = ops.ernie_moe_experts(_t(x), _t(ids), _t(weights), *stacks).numpy()
+    for t in range(8):
+        alone = ops.ernie_moe_experts(_t(x[t:t + 1]), _t(ids[t:t + 1]), _t(weights[t:t + 1]), *stacks).numpy()
+        np.testing.assert_array_equal(batch[t:t + 1], alone)
 
 
 def _linear(ops, fmt, arrays, k=128, rows=1):
