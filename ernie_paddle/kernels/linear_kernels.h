@@ -231,44 +231,57 @@ inline void quantize_rows(const float* x, int64_t m, int64_t k, int8_t* xq, floa
     }
 }
 
-// The int8-mode dot of one quantized activation row (xq, xs) and weight row f: per 32-value block the exact
-// integer dot times the block's scale, into four accumulators, then the row scale.
-template <class V, class F>
-inline float idot(const int8_t* xq, const float* xs, const F& f, int64_t k) {
-  using R = typename V::R;
+// The int8-mode dots of R quantized activation rows (xq, xs; rows ldq and lds apart) and weight row f, the
+// unit decoded once for all R: per 32-value block the exact integer dot times the block's scale, into four
+// accumulators per row (units 4j + v into accumulator v, the last units % 4 into the first), then the row
+// scale. A row's arithmetic is the same for every R.
+template <class V, int R, class F>
+inline void idot_rows(const int8_t* xq, int64_t ldq, const float* xs, int64_t lds, const F& f, int64_t k,
+                      float* out) {
+  using Reg = typename V::R;
   const int64_t units = k / kUnit;
-  auto step = [&](int64_t u, R acc) {
+  Reg a[R][4];
+  for (int r = 0; r < R; ++r) a[r][0] = a[r][1] = a[r][2] = a[r][3] = V::zero();
+  auto unit = [&](int64_t u, int v) {  // unit u into the accumulators v
     typename V::B w;
     f.unit_i8(u, &w);
-    return V::fmadd(V::idot32(xq + kUnit * u, w), V::set1(xs[u]), acc);
+    for (int r = 0; r < R; ++r)
+      a[r][v] = V::fmadd(V::idot32(xq + r * ldq + kUnit * u, w), V::set1(xs[r * lds + u]), a[r][v]);
   };
-  R a0 = V::zero(), a1 = a0, a2 = a0, a3 = a0;
   int64_t u = 0;
-  for (; u + 4 <= units; u += 4) {
-    a0 = step(u, a0);
-    a1 = step(u + 1, a1);
-    a2 = step(u + 2, a2);
-    a3 = step(u + 3, a3);
+  for (; u + 4 <= units; u += 4)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) unit(u + v, v);
+  for (; u < units; ++u) unit(u, 0);
+  for (int r = 0; r < R; ++r) {
+    float s = V::hsum(V::add(V::add(a[r][0], a[r][1]), V::add(a[r][2], a[r][3])));
+    if (units * kUnit < k) {
+      int32_t tail = 0;
+      for (int64_t i = units * kUnit; i < k; ++i) tail += xq[r * ldq + i] * static_cast<int32_t>(f.at(i));
+      s = std::fma(xs[r * lds + units], static_cast<float>(tail), s);
+    }
+    out[r] = s * f.row_scale();
   }
-  for (; u < units; ++u) a0 = step(u, a0);
-  float s = V::hsum(V::add(V::add(a0, a1), V::add(a2, a3)));
-  if (units * kUnit < k) {
-    int32_t tail = 0;
-    for (int64_t i = units * kUnit; i < k; ++i) tail += xq[i] * static_cast<int32_t>(f.at(i));
-    s = std::fma(xs[units], static_cast<float>(tail), s);
-  }
-  return s * f.row_scale();
 }
 
 // y[r, n] (row stride ldy) in the int8 mode for output rows n0 .. n1 and token rows r < m: each weight row
-// read from memory once and from L1 for the other token rows.
+// read from memory once, decoded once per pass of up to kRowsKernelRows token rows.
 template <class V, class F>
 void igemv_range(const int8_t* xq, const float* xs, int64_t m, int64_t k, const Mat& w, int64_t n0, int64_t n1,
                  float* y, int64_t ldy) {
   const int64_t blocks = (k + kUnit - 1) / kUnit;
+  float out[kRowsKernelRows];
   for (int64_t n = n0; n < n1; ++n) {
     const F f(w, n);
-    for (int64_t r = 0; r < m; ++r) y[r * ldy + n] = idot<V>(xq + r * k, xs + r * blocks, f, k);
+    for (int64_t r = 0; r < m; r += kRowsKernelRows) {
+      const int64_t rows = std::min(kRowsKernelRows, m - r);
+      const int8_t* q = xq + r * k;
+      const float* qs = xs + r * blocks;
+      if (rows == 1) idot_rows<V, 1>(q, k, qs, blocks, f, k, out);
+      if (rows == 2) idot_rows<V, 2>(q, k, qs, blocks, f, k, out);
+      if (rows == 3) idot_rows<V, 3>(q, k, qs, blocks, f, k, out);
+      for (int64_t j = 0; j < rows; ++j) y[(r + j) * ldy + n] = out[j];
+    }
   }
 }
 
