@@ -16,7 +16,9 @@ GB/s counts the weight bytes a call streams (each chosen expert's stored up_gate
 scales, once per call). The weights are random bytes in kernel form (decode cost does not depend on the
 values) in several stacks of 64 experts, ``--min-mb`` in all so nothing stays in the L3 cache; the calls
 cycle through the stacks with fresh random routing. Each figure is the median over ``--repeats`` runs of
-``--calls`` calls; ``op/big best`` is the ratio of the fastest runs (less sensitive to other load). Timings on a shared or small machine are noisy: compare figures of one invocation.
+``--calls`` calls (the three ways interleaved per run); ``op/big best`` is the ratio of the fastest runs
+(less sensitive to other load). Timings on a shared or small machine are noisy: compare figures of one
+invocation, and rerun.
 
     python scripts/bench_moe_op.py --threads 2
     python scripts/bench_moe_op.py --format bfloat16 --rows 1 --quiet
@@ -73,7 +75,7 @@ class Stacks:
         self.experts, self.top = SHAPE_MOE["moe_num_experts"], SHAPE_MOE["moe_k"]
         rng = np.random.default_rng(seed)
         one = [stored_stack(fmt, 1, 2 * self.inter, self.h, rng), stored_stack(fmt, 1, self.h, self.inter, rng)]
-        self.expert_bytes = sum(a.nbytes for part in one for a in part)
+        self.expert_bytes = sum(a.nbytes for part in one for a in part)  # one expert's stored bytes
         self.layers = max(1, int(np.ceil(min_bytes / (self.expert_bytes * self.experts))))
         total = self.layers * self.experts
         ug = stored_stack(fmt, total, 2 * self.inter, self.h, rng)
