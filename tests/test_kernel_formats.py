@@ -2,6 +2,10 @@
 reference dequantizers of ``ernie_paddle.quant``: decode and prefill rows, the residual-add and experts
 operators, the portable backend, and malformed inputs."""
 
+import contextlib
+import ctypes
+from pathlib import Path
+
 import numpy as np
 import paddle
 import pytest
@@ -84,6 +88,19 @@ def test_linear_matches_dequantized(ops, portable, fmt, k):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+def test_decode_rows_do_not_depend_on_their_batch(ops, fmt):
+    """Up to 3 token rows share each weight row's decode (dot_rows) with each row's own arithmetic: a row
+    gives the same bits alone, in 2 rows and in 3 (K with a row tail; an odd N)."""
+    k = 192 if fmt == "wint2" else 200
+    arrays, _ = _weights(fmt, k, 37, seed=11)
+    inputs = as_inputs(arrays)
+    x = np.random.default_rng(11).standard_normal((3, k)).astype(np.float32)
+    ys = [ops.ernie_linear(_t(x[:m]), *inputs, CODE[fmt], False).numpy() for m in (1, 2, 3)]
+    np.testing.assert_array_equal(ys[1][0], ys[0][0])
+    np.testing.assert_array_equal(ys[2][:2], ys[1])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_linear_keeps_leading_axes(ops, fmt):
     arrays, w = _weights(fmt, 128, 40, seed=3)
     x = np.random.default_rng(3).standard_normal((2, 3, 128)).astype(np.float32)
@@ -129,15 +146,83 @@ def test_moe_experts_match_dequantized(ops, portable, fmt):
         x = rng.standard_normal((tokens, h)).astype(np.float32)
         ids = np.stack([rng.choice(4, top, replace=False) for _ in range(tokens)]).astype(np.int64)
         weights = rng.random((tokens, top)).astype(np.float32)
-        ref = np.zeros((tokens, h), np.float64)
-        for t in range(tokens):
-            for j in range(top):
-                gate, up = np.split(x[t].astype(np.float64) @ ug_ref[ids[t, j]], 2)
-                ref[t] += weights[t, j] * ((gate / (1 + np.exp(-gate)) * up) @ dn_ref[ids[t, j]])
+        ref = _moe_reference(x, ids, weights, ug_ref, dn_ref)
         args = (_t(x), _t(ids), _t(weights), *as_inputs(ug), *as_inputs(dn), CODE[fmt], False)
         out = ops.ernie_moe_experts(*args).numpy()
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(portable(ops.ernie_moe_experts, *args), out)
+
+
+@contextlib.contextmanager
+def omp_threads(n: int):
+    """The compiled operators run with n OpenMP threads inside the block (restored after it)."""
+    iomp = Path(paddle.__file__).parent / "libs" / "libiomp5.so"
+    before = ctypes.CDLL(str(iomp)).omp_get_max_threads() if iomp.is_file() else 1
+    paddle.base.core.set_num_threads(n)
+    try:
+        yield
+    finally:
+        paddle.base.core.set_num_threads(before)
+
+
+def _moe_reference(x, ids, weights, ug_ref, dn_ref):
+    ref = np.zeros(x.shape, np.float64)
+    for t in range(x.shape[0]):
+        for j in range(ids.shape[1]):
+            gate, up = np.split(x[t].astype(np.float64) @ ug_ref[ids[t, j]], 2)
+            ref[t] += weights[t, j] * ((gate / (1 + np.exp(-gate)) * up) @ dn_ref[ids[t, j]])
+    return ref
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_moe_experts_in_passes_on_any_thread_count(ops, portable, fmt):
+    """150 tokens x 4 choices (600 routed rows: more than one pass of 512) over 10 of 12 experts, four
+    popular (tens of rows each; float32: Paddle's matmul) and six rare (a few rows: the streamed items):
+    within 1e-5 of the dequantized reference, and the same bits with 1, 2 and 3 threads (the work items
+    split differently; float32's matmul excepted) and on the portable backend; wint8/wint4 also in the
+    int8 mode."""
+    rng = np.random.default_rng(40 + CODE[fmt])
+    h, inter, experts, top, tokens = 128, 64, 12, 4, 150
+    (ug, dn), ug_ref, dn_ref = _expert_stacks(fmt, experts, h, inter, rng)
+    ids = np.stack([rng.permutation(4) for _ in range(tokens)]).astype(np.int64)
+    ids[rng.choice(tokens, 12, replace=False), rng.integers(0, top, 12)] = 4 + np.arange(12) % 6
+    rows = np.bincount(ids.ravel(), minlength=experts)
+    assert rows[:4].min() > 8 and 0 < rows[4:10].max() <= 8 and rows[10:].sum() == 0
+    x = rng.standard_normal((tokens, h)).astype(np.float32)
+    weights = rng.random((tokens, top)).astype(np.float32)
+    ref = _moe_reference(x, ids, weights, ug_ref, dn_ref)
+    for int8_act in (False, True) if fmt in ("wint8", "wint4") else (False,):
+        args = (_t(x), _t(ids), _t(weights), *as_inputs(ug), *as_inputs(dn), CODE[fmt], int8_act)
+        with omp_threads(1):
+            out = ops.ernie_moe_experts(*args).numpy()
+            np.testing.assert_array_equal(portable(ops.ernie_moe_experts, *args), out)
+        if not int8_act:
+            np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+        for n in (2, 3):
+            with omp_threads(n):
+                again = ops.ernie_moe_experts(*args).numpy()
+            if fmt == "float32":  # MKL's matmul (the popular experts) splits its sums by thread count
+                np.testing.assert_allclose(again, out, rtol=1e-5, atol=1e-5)
+            else:
+                np.testing.assert_array_equal(again, out)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_moe_token_output_does_not_depend_on_its_batch(ops, fmt):
+    """8 tokens, at most 3 on an expert: each token's output has the same bits as the token alone (each
+    expert's rows computed independently, its sum in expert order)."""
+    rng = np.random.default_rng(60 + CODE[fmt])
+    (ug, dn), _, _ = _expert_stacks(fmt, 16, 128, 64, rng)
+    ids = np.stack([rng.permutation(16)[:2] for _ in range(8)]).astype(np.int64)
+    while np.bincount(ids.ravel()).max() > 3:
+        ids = np.stack([rng.permutation(16)[:2] for _ in range(8)]).astype(np.int64)
+    x = rng.standard_normal((8, 128)).astype(np.float32)
+    weights = rng.random((8, 2)).astype(np.float32)
+    stacks = (*as_inputs(ug), *as_inputs(dn), CODE[fmt], False)
+    batch = ops.ernie_moe_experts(_t(x), _t(ids), _t(weights), *stacks).numpy()
+    for t in range(8):
+        alone = ops.ernie_moe_experts(_t(x[t:t + 1]), _t(ids[t:t + 1]), _t(weights[t:t + 1]), *stacks).numpy()
+        np.testing.assert_array_equal(batch[t:t + 1], alone)
 
 
 def _linear(ops, fmt, arrays, k=128, rows=1):

@@ -2,8 +2,9 @@
 // float32 accumulation. Written once over a vector backend V and a format F.
 //
 // Decode (m <= kSmallRows): a streaming GEMV, each weight row read from memory once and decoded in
-// registers; one token row: one dot per weight row; more: the weight rows of each 4-row tile are decoded
-// once per k-block into an L1 buffer and every token row passes over it. Prefill (more rows): Paddle's
+// registers; up to 3 token rows: each weight row decoded once for all of them (dot_rows, a row's result the
+// same whatever rows come with it); more: the weight rows of each 4-row tile are decoded once per k-block
+// into an L1 buffer and every token row passes over it. Prefill (more rows): Paddle's
 // matmul (MKL) on float32 weights; other formats the same tiles over blocks of token rows (prefill_into).
 //
 // int8 activation mode (int8_act, formats with kInt8: wint8, wint4), for decode and prefill alike: each
@@ -34,6 +35,7 @@ constexpr int64_t kSmallRows = 8;
 constexpr int64_t kBlock = 512;  // k per pass of the tiles (a multiple of every kGroup): 4 rows = 8 KB
 constexpr int64_t kChunk = 64;  // output rows per work item (a multiple of 4: the 4 x 2 tiles)
 constexpr int64_t kPrefillRows = 64;  // token rows per pass over the weights in prefill (non-float32)
+constexpr int64_t kRowsKernelRows = 3;  // up to this many token rows: dot_rows; more: the 4 x 2 tiles
 
 // A 64-byte aligned scratch array (the per-call activation copies: aligned vector loads).
 template <class T>
@@ -46,35 +48,49 @@ struct Scratch {
   T* get() const { return data.get(); }
 };
 
-// dot(xp, row f) over k: four independent accumulators per scale group (so loads stream at full speed),
-// the group's partial sum times its group scale, the scalar tail, then the row scale.
-template <class V, class F>
-inline float dot(const float* xp, const F& f, int64_t k) {
-  using R = typename V::R;
+// out[r] = dot(x row r, row f) over k for R token rows (x rows ldx apart), the weight row decoded once per
+// unit for all R: per row four independent accumulators per scale group (so loads stream at full speed), the
+// group's partial sum times its group scale, the scalar tail, then the row scale. Each row's arithmetic is the
+// same for every R, so a row's result does not depend on the rows decoded with it.
+template <class V, int R, class F>
+inline void dot_rows(const float* xp, int64_t ldx, const F& f, int64_t k, float* out) {
+  using Reg = typename V::R;
   const int64_t units = k / kUnit;
   const int64_t per = F::kGroup > 0 ? F::kGroup / kUnit : std::max<int64_t>(units, 1);
-  R total = V::zero();
+  Reg total[R];
+  for (int r = 0; r < R; ++r) total[r] = V::zero();
   for (int64_t u0 = 0; u0 < units; u0 += per) {
     const int64_t u1 = std::min(units, u0 + per);
-    R a0 = V::zero(), a1 = a0, a2 = a0, a3 = a0;
+    Reg a[R][4];
+    for (int r = 0; r < R; ++r) a[r][0] = a[r][1] = a[r][2] = a[r][3] = V::zero();
     for (int64_t u = u0; u < u1; ++u) {
-      R w[4];
+      Reg w[4];
       f.unit(u, w);
-      const float* xu = xp + kUnit * u;
-      a0 = V::fmadd(V::load8(xu), w[0], a0);
-      a1 = V::fmadd(V::load8(xu + 8), w[1], a1);
-      a2 = V::fmadd(V::load8(xu + 16), w[2], a2);
-      a3 = V::fmadd(V::load8(xu + 24), w[3], a3);
+      for (int r = 0; r < R; ++r) {
+        const float* xu = xp + r * ldx + kUnit * u;
+        for (int v = 0; v < 4; ++v) a[r][v] = V::fmadd(V::load8(xu + 8 * v), w[v], a[r][v]);
+      }
     }
-    const R part = V::add(V::add(a0, a1), V::add(a2, a3));
-    if constexpr (F::kGroup > 0)
-      total = V::fmadd(part, V::set1(f.group_scale(u0 * kUnit / F::kGroup)), total);
-    else
-      total = part;
+    for (int r = 0; r < R; ++r) {
+      const Reg part = V::add(V::add(a[r][0], a[r][1]), V::add(a[r][2], a[r][3]));
+      if constexpr (F::kGroup > 0)
+        total[r] = V::fmadd(part, V::set1(f.group_scale(u0 * kUnit / F::kGroup)), total[r]);
+      else
+        total[r] = part;
+    }
   }
-  float s = V::hsum(total);
-  for (int64_t i = units * kUnit; i < k; ++i) s = std::fma(xp[i], scaled_at(f, i), s);
-  return F::kRowScale ? s * f.row_scale() : s;
+  for (int r = 0; r < R; ++r) {
+    float s = V::hsum(total[r]);
+    for (int64_t i = units * kUnit; i < k; ++i) s = std::fma(xp[r * ldx + i], scaled_at(f, i), s);
+    out[r] = F::kRowScale ? s * f.row_scale() : s;
+  }
+}
+
+template <class V, class F>
+inline float dot(const float* xp, const F& f, int64_t k) {
+  float out;
+  dot_rows<V, 1>(xp, k, f, k, &out);
+  return out;
 }
 
 // buf [len] = the values k0 .. k0 + len of row f with their group scales (unit order; k0 a multiple of kBlock).
@@ -126,34 +142,49 @@ void tile4x2(const float* xa, const float* xb, int64_t k, const T* w0, int64_t l
     for (int j = 0; j < 4; ++j) yb[j] += s[4 + j];
 }
 
-// y[r, n] = dot(xp[r, :], W[n, :]) for output rows n0 .. n1 and token rows r < m. One token row: one
-// sequential stream of weight rows (measured fastest); more: 4 x 2 register tiles over the four weight
-// rows decoded once per k-block (float32: read in place), read from L1 for every token row.
+// y[r, n] (row stride ldy) for the m <= kRowsKernelRows token rows of weight row f: one dot_rows pass.
+template <class V, class F>
+void dot_rows_any(const float* xp, int64_t m, int64_t k, const F& f, float* y, int64_t ldy) {
+  float out[kRowsKernelRows];
+  if (m == 1) dot_rows<V, 1>(xp, k, f, k, out);
+  if (m == 2) dot_rows<V, 2>(xp, k, f, k, out);
+  if (m == 3) dot_rows<V, 3>(xp, k, f, k, out);
+  for (int64_t r = 0; r < m; ++r) y[r * ldy] = out[r];
+}
+
+// y[r, n] = dot(xp[r, :], W[n, :]) for output rows n0 .. n1 and token rows r < m. Up to kRowsKernelRows
+// token rows: one sequential stream of weight rows, each decoded in registers once for all token rows
+// (dot_rows; at 2 and 3 rows, one thread, 1024 x 1024: bf16, wint8, wint4 and fp8 1.5-3x the tiles'
+// speed, wint2 1.1-1.9x, float32 equal; at 4 rows float32 and wint2 were slower, so 4 and more keep the
+// tiles); more: 4 x 2 register tiles over the four weight rows decoded once per k-block (float32 and bf16:
+// read in place), read from L1 for every token row.
 template <class V, class F>
 void gemv_range(const float* xp, int64_t m, int64_t k, const Mat& w, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   int64_t n = n0;
-  if (m > 1) {
-    alignas(32) float buf[4 * kBlock];
-    for (; n + 4 <= n1; n += 4) {
-      const F f[4] = {F(w, n), F(w, n + 1), F(w, n + 2), F(w, n + 3)};
-      for (int64_t r = 0; r < m; ++r) std::fill(y + r * ldy + n, y + r * ldy + n + 4, 0.0f);
-      for (int64_t k0 = 0; k0 < k; k0 += kBlock) {  // the 4 weight rows' block and x's stay in L1
-        const int64_t len = std::min(kBlock, k - k0);
-        if constexpr (!F::kDirect)
-          for (int j = 0; j < 4; ++j) decode_span<V>(f[j], k0, len, buf + j * kBlock);
-        for (int64_t r = 0; r < m; r += 2) {
-          const int64_t r2 = r + 1 < m ? r + 1 : r;
-          float *ya = y + r * ldy + n, *yb = y + r2 * ldy + n;
-          if constexpr (F::kDirect)  // in place: float32 rows, or bf16 rows widened in registers
-            tile4x2<V>(xp + r * k + k0, xp + r2 * k + k0, len, f[0].p + k0, k, ya, yb);
-          else
-            tile4x2<V>(xp + r * k + k0, xp + r2 * k + k0, len, buf, kBlock, ya, yb);
-        }
+  if (m <= kRowsKernelRows) {
+    for (; n < n1; ++n) dot_rows_any<V>(xp, m, k, F(w, n), y + n, ldy);
+    return;
+  }
+  alignas(32) float buf[4 * kBlock];
+  for (; n + 4 <= n1; n += 4) {
+    const F f[4] = {F(w, n), F(w, n + 1), F(w, n + 2), F(w, n + 3)};
+    for (int64_t r = 0; r < m; ++r) std::fill(y + r * ldy + n, y + r * ldy + n + 4, 0.0f);
+    for (int64_t k0 = 0; k0 < k; k0 += kBlock) {  // the 4 weight rows' block and x's stay in L1
+      const int64_t len = std::min(kBlock, k - k0);
+      if constexpr (!F::kDirect)
+        for (int j = 0; j < 4; ++j) decode_span<V>(f[j], k0, len, buf + j * kBlock);
+      for (int64_t r = 0; r < m; r += 2) {
+        const int64_t r2 = r + 1 < m ? r + 1 : r;
+        float *ya = y + r * ldy + n, *yb = y + r2 * ldy + n;
+        if constexpr (F::kDirect)  // in place: float32 rows, or bf16 rows widened in registers
+          tile4x2<V>(xp + r * k + k0, xp + r2 * k + k0, len, f[0].p + k0, k, ya, yb);
+        else
+          tile4x2<V>(xp + r * k + k0, xp + r2 * k + k0, len, buf, kBlock, ya, yb);
       }
-      if constexpr (F::kRowScale)
-        for (int64_t r = 0; r < m; ++r)
-          for (int j = 0; j < 4; ++j) y[r * ldy + n + j] *= f[j].row_scale();
     }
+    if constexpr (F::kRowScale)
+      for (int64_t r = 0; r < m; ++r)
+        for (int j = 0; j < 4; ++j) y[r * ldy + n + j] *= f[j].row_scale();
   }
   for (; n < n1; ++n) {
     const F f(w, n);
@@ -200,47 +231,68 @@ inline void quantize_rows(const float* x, int64_t m, int64_t k, int8_t* xq, floa
     }
 }
 
-// The int8-mode dot of one quantized activation row (xq, xs) and weight row f: per 32-value block the exact
-// integer dot times the block's scale, into four accumulators, then the row scale.
-template <class V, class F>
-inline float idot(const int8_t* xq, const float* xs, const F& f, int64_t k) {
-  using R = typename V::R;
+// The int8-mode dots of R quantized activation rows (xq, xs; rows ldq and lds apart) and weight row f, the
+// unit decoded once for all R: per 32-value block the exact integer dot times the block's scale, into four
+// accumulators per row (units 4j + v into accumulator v, the last units % 4 into the first), then the row
+// scale. A row's arithmetic is the same for every R.
+template <class V, int R, class F>
+inline void idot_rows(const int8_t* xq, int64_t ldq, const float* xs, int64_t lds, const F& f, int64_t k,
+                      float* out) {
+  using Reg = typename V::R;
   const int64_t units = k / kUnit;
-  auto step = [&](int64_t u, R acc) {
+  Reg a[R][4];
+  for (int r = 0; r < R; ++r) a[r][0] = a[r][1] = a[r][2] = a[r][3] = V::zero();
+  auto unit = [&](int64_t u, int v) {  // unit u into the accumulators v
     typename V::B w;
     f.unit_i8(u, &w);
-    return V::fmadd(V::idot32(xq + kUnit * u, w), V::set1(xs[u]), acc);
+    for (int r = 0; r < R; ++r)
+      a[r][v] = V::fmadd(V::idot32(xq + r * ldq + kUnit * u, w), V::set1(xs[r * lds + u]), a[r][v]);
   };
-  R a0 = V::zero(), a1 = a0, a2 = a0, a3 = a0;
   int64_t u = 0;
-  for (; u + 4 <= units; u += 4) {
-    a0 = step(u, a0);
-    a1 = step(u + 1, a1);
-    a2 = step(u + 2, a2);
-    a3 = step(u + 3, a3);
+  for (; u + 4 <= units; u += 4)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) unit(u + v, v);
+  for (; u < units; ++u) unit(u, 0);
+  for (int r = 0; r < R; ++r) {
+    float s = V::hsum(V::add(V::add(a[r][0], a[r][1]), V::add(a[r][2], a[r][3])));
+    if (units * kUnit < k) {
+      int32_t tail = 0;
+      for (int64_t i = units * kUnit; i < k; ++i) tail += xq[r * ldq + i] * static_cast<int32_t>(f.at(i));
+      s = std::fma(xs[r * lds + units], static_cast<float>(tail), s);
+    }
+    out[r] = s * f.row_scale();
   }
-  for (; u < units; ++u) a0 = step(u, a0);
-  float s = V::hsum(V::add(V::add(a0, a1), V::add(a2, a3)));
-  if (units * kUnit < k) {
-    int32_t tail = 0;
-    for (int64_t i = units * kUnit; i < k; ++i) tail += xq[i] * static_cast<int32_t>(f.at(i));
-    s = std::fma(xs[units], static_cast<float>(tail), s);
-  }
-  return s * f.row_scale();
 }
 
-// y [m, n] (row stride n) in the int8 mode: each thread a run of kChunk weight rows, each row read from
-// memory once and from L1 for the other token rows.
+// y[r, n] (row stride ldy) in the int8 mode for output rows n0 .. n1 and token rows r < m: each weight row
+// read from memory once, decoded once per pass of up to kRowsKernelRows token rows.
+template <class V, class F>
+void igemv_range(const int8_t* xq, const float* xs, int64_t m, int64_t k, const Mat& w, int64_t n0, int64_t n1,
+                 float* y, int64_t ldy) {
+  const int64_t blocks = (k + kUnit - 1) / kUnit;
+  float out[kRowsKernelRows];
+  for (int64_t n = n0; n < n1; ++n) {
+    const F f(w, n);
+    for (int64_t r = 0; r < m; r += kRowsKernelRows) {
+      const int64_t rows = std::min(kRowsKernelRows, m - r);
+      const int8_t* q = xq + r * k;
+      const float* qs = xs + r * blocks;
+      if (rows == 1) idot_rows<V, 1>(q, k, qs, blocks, f, k, out);
+      if (rows == 2) idot_rows<V, 2>(q, k, qs, blocks, f, k, out);
+      if (rows == 3) idot_rows<V, 3>(q, k, qs, blocks, f, k, out);
+      for (int64_t j = 0; j < rows; ++j) y[(r + j) * ldy + n] = out[j];
+    }
+  }
+}
+
+// y [m, n] (row stride n) in the int8 mode: each thread a run of kChunk weight rows.
 template <class V, class F>
 void igemv_with(const int8_t* xq, const float* xs, int64_t m, int64_t k, const Mat& w, float* y) {
-  const int64_t blocks = (k + kUnit - 1) / kUnit, chunks = (w.n + kChunk - 1) / kChunk;
+  const int64_t chunks = (w.n + kChunk - 1) / kChunk;
   const int threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), chunks));
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t c = 0; c < chunks; ++c)
-    for (int64_t n = c * kChunk; n < std::min(w.n, (c + 1) * kChunk); ++n) {
-      const F f(w, n);
-      for (int64_t r = 0; r < m; ++r) y[r * w.n + n] = idot<V>(xq + r * k, xs + r * blocks, f, k);
-    }
+    igemv_range<V, F>(xq, xs, m, k, w, c * kChunk, std::min(w.n, (c + 1) * kChunk), y, w.n);
 }
 
 template <class F>

@@ -14,8 +14,9 @@
 //     f(x) @ W^T, f the identity or SwiGLU of x's [gate | up] halves: the output projections with their add.
 // ernie_moe_experts(x [T, H], ids [T, k], weights [T, k], up_gate [E, 2I, H], ug0..ug3, down [E, H, I],
 //     d0..d3; fmt, int8_act) -> [T, H] (stacks in the stored form, scales with the leading expert axis):
-//     sum over each token's chosen experts of weight * down(silu(gate) * up); only chosen experts run, and
-//     one operator replaces the per-expert conditional blocks of a traced loop.
+//     sum over each token's chosen experts of weight * down(silu(gate) * up); only chosen experts run, each
+//     expert's weights read once per call (moe_kernels.h: tokens grouped by expert, one parallel region),
+//     and one operator replaces the per-expert conditional blocks of a traced loop.
 // ernie_rms_norm(x [..., H], w [H]; eps) -> w * x * rsqrt(mean(x^2) + eps).
 // ernie_attention(q [B, T, nh, hd], kv [L, 2, B, nkv, C, hd], key_mask [B, S] int64, start [1] int64; layer)
 //     -> [B, T, nh * hd]: softmax(q k^T / sqrt(hd) + mask) v over the first S = start + T cached columns of
@@ -37,6 +38,7 @@
 #include <vector>
 
 #include "linear_kernels.h"
+#include "moe_kernels.h"
 #include "paddle/extension.h"
 #include "stored_weights.h"
 
@@ -58,14 +60,6 @@ inline float dot(const float* a, const float* b, int64_t k) {
 // y [m, w.n] = x [m, w.k] @ W^T for a validated matrix of format fmt.
 void linear_any(int fmt, bool int8_act, const float* x, int64_t m, const Mat& w, float* y) {
   ernie::with_format(fmt, [&](auto tag) { ernie::linear_into<typename decltype(tag)::type>(x, m, w.k, w, y, int8_act); });
-}
-
-// out [rows, inter] = silu(gate) * up for h [rows, 2 inter] holding [gate | up].
-void swiglu_rows(const float* h, int64_t rows, int64_t inter, float* out) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* g = h + i * 2 * inter;
-    for (int64_t j = 0; j < inter; ++j) out[i * inter + j] = g[j] / (1.0f + std::exp(-g[j])) * g[inter + j];
-  }
 }
 
 std::vector<int64_t> out_shape(const std::vector<int64_t>& x, int64_t n) {
@@ -115,7 +109,7 @@ std::vector<Tensor> LinearAddForward(const Tensor& x, const Tensor& wt, const Te
   const float* in = xc.data<float>();
   if (swiglu) {
     act.resize(m * k);
-    swiglu_rows(in, m, k, act.data());
+    ernie::swiglu_rows(in, m, k, act.data());
     in = act.data();
   }
   auto rc = residual.is_contiguous() ? residual : residual.contiguous();
@@ -147,36 +141,12 @@ std::vector<Tensor> MoeExpertsForward(const Tensor& x, const Tensor& ids, const 
                                              experts, two_i, h);
   const auto down_w = ernie::stored_weights("ernie_moe_experts: D", fmt, WeightInputs{down, d0, d1, d2, d3},
                                             experts, h, inter);
-  const float* xp = xc.data<float>();
-  const int64_t* idp = ids.data<int64_t>();
-  const float* wp = weights.data<float>();
+  const auto idc = ids.is_contiguous() ? ids : ids.contiguous();
+  const auto wc = weights.is_contiguous() ? weights : weights.contiguous();
+  const auto route = ernie::route_tokens(idc.data<int64_t>(), wc.data<float>(), t, top, experts);
   auto y = paddle::full({t, h}, 0.0, paddle::DataType::FLOAT32, paddle::CPUPlace());
-  float* yp = y.data<float>();
-  std::vector<std::vector<std::pair<int64_t, float>>> rows(experts);  // (token, weight) per expert
-  for (int64_t r = 0; r < t; ++r)
-    for (int64_t j = 0; j < top; ++j) {
-      const int64_t e = idp[r * top + j];
-      PD_CHECK(e >= 0 && e < experts, "ernie_moe_experts: expert id out of range: ", e, " of ", experts);
-      rows[e].emplace_back(r, wp[r * top + j]);
-    }
-  std::vector<float> xe, hid, act, out;
-  for (int64_t e = 0; e < experts; ++e) {
-    const int64_t c = static_cast<int64_t>(rows[e].size());
-    if (c == 0) continue;
-    xe.resize(c * h);
-    hid.resize(c * two_i);
-    act.resize(c * inter);
-    out.resize(c * h);
-    for (int64_t i = 0; i < c; ++i) std::memcpy(&xe[i * h], xp + rows[e][i].first * h, sizeof(float) * h);
-    linear_any(fmt, int8_act, xe.data(), c, up_gate.expert(e), hid.data());
-    swiglu_rows(hid.data(), c, inter, act.data());
-    linear_any(fmt, int8_act, act.data(), c, down_w.expert(e), out.data());
-    for (int64_t i = 0; i < c; ++i) {
-      float* dst = yp + rows[e][i].first * h;
-      const float w = rows[e][i].second;
-      for (int64_t j = 0; j < h; ++j) dst[j] += w * out[i * h + j];
-    }
-  }
+  const ernie::MoeCall call{xc.data<float>(), t, h, inter, top, up_gate, down_w, route, int8_act, y.data<float>()};
+  ernie::with_format(fmt, [&](auto tag) { ernie::experts_with<typename decltype(tag)::type>(call); });
   return {y};
 }
 
