@@ -72,16 +72,21 @@ def file_bytes(entries: list[Entry]) -> int:
     return max((e.offset + e.nbytes for e in entries), default=0)
 
 
-def available_memory() -> int | None:
-    """MemAvailable of /proc/meminfo in bytes (None where the system does not say)."""
+def _proc_kb(path: str, key: str) -> int | None:
+    """Field ``key`` (in kB) of a /proc file such as /proc/meminfo, in bytes (None where it is missing)."""
     try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
+        with open(path, encoding="ascii") as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where the system does not say)."""
+    return _proc_kb("/proc/meminfo", "MemAvailable")
 
 
 def should_map(nbytes: int) -> bool:
@@ -166,14 +171,7 @@ class WeightBuffers:
 
 def mapped_resident_bytes() -> int:
     """This process's resident file-backed pages (RssFile of /proc/self/status; 0 where unknown)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("RssFile:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return _proc_kb("/proc/self/status", "RssFile") or 0
 
 
 def open_weights(folder: Path, entries: list[Entry], mmap: bool = False) -> tuple[dict[str, paddle.Tensor],
