@@ -192,3 +192,24 @@ def test_a_fresh_export_is_not_hashed_again(wint4_export, monkeypatch):
 
     monkeypatch.setattr(mf.hashlib, "sha256", no_hashing)
     assert mf.verify_export(wint4_export)["files"][wf.FILE]["bytes"] == (wint4_export / wf.FILE).stat().st_size
+
+
+def test_export_of_a_checkpoint_missing_a_norm_names_it(model_pair, tmp_path):
+    """A tensor the program reads but the checkpoint lacks fails the streaming export with the key named,
+    and leaves no destination behind."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    _, pd = model_pair("dense-tied")
+    folder = tmp_path / "ckpt"
+    shutil.copytree(pd, folder)
+    (shard,) = folder.glob("*.safetensors")
+    tensors = load_file(shard)
+    del tensors["ernie.norm.weight"]
+    save_file(tensors, shard)
+    for index in folder.glob("*.index.json"):
+        index.unlink()
+    with pytest.raises(ErnieError, match="missing.*'ernie.norm.weight'"):
+        export(folder, tmp_path / "out", max_seq_len=32, max_batch=1)
+    assert not (tmp_path / "out").exists()

@@ -101,6 +101,9 @@ def stream_weights(ckpt, model, qc, stubs, stored: StoredWeights, writer: Weight
             sink.tensor(key, arr)
     if qc is not None:
         router.finish()
+    missing = sorted(set(sink.params) - sink.filled)
+    if missing:
+        raise ErnieError(f"{len(missing)} parameter(s) missing from the checkpoint, e.g. {missing[0]!r}", ckpt.folder)
     writer.finish()
     return sink.filled
 
