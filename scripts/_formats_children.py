@@ -77,7 +77,8 @@ def export(source: str, out: str, max_seq_len: int, options: dict) -> dict:
     export(source, out, max_seq_len=max_seq_len, max_batch=8, overwrite=True, **options)
     manifest = read_manifest(out)
     return {"export_s": time.perf_counter() - start, "export_peak_rss_mb": vm_hwm_mb(),
-            "weights_mb": (Path(out) / "step.pdiparams").stat().st_size / 1e6,
+            "weights_mb": sum((Path(out) / name).stat().st_size for name in ("step.pdiparams", "weights.bin")
+                              if (Path(out) / name).exists()) / 1e6,
             "weight_formats": manifest.get("weight_formats", {}), "manifest_weights": manifest.get("weights", {})}
 
 
