@@ -119,8 +119,7 @@ def generate(model, prompts, prompt_ids, prompts_file, max_new_tokens, min_new_t
                            mapped=bool(mmap) or offload_folder is not None)
     run_distributed(tp, nnodes, master)  # outside a job, --tp N re-runs this command on N ranks and exits
     runtime = load(model, dtype=dtype, device=device, engine=engine, quantization=quantization, tp=tp,
-                   moe=moe_parallel, activations=activations,
-                   **({"mmap": mmap, "offload_folder": offload_folder} if engine == "predictor" else {}))
+                   moe=moe_parallel, activations=activations, mmap=mmap, offload_folder=offload_folder)
     if stream:
         _stream(runtime, batch, tok, options)
     else:

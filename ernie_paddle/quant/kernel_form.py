@@ -25,9 +25,10 @@ import numpy as np
 
 from ernie_paddle.kernels.predictor_ops import FORMAT_CODES
 from ernie_paddle.quant import fp8
-from ernie_paddle.quant.tensors import dequantize_weight
+from ernie_paddle.quant.tensors import compact, dequantize_weight
 
-__all__ = ["FORMAT_CODES", "dequantize", "from_kernel_form", "kernel_shapes", "runs_compiled", "to_kernel_form"]
+__all__ = ["FORMAT_CODES", "dequantize", "from_checkpoint", "from_kernel_form", "kernel_shapes", "runs_compiled",
+           "to_kernel_form"]
 SCALE_NAMES = {"wint8": ("weight_scale",), "wint4": ("weight_scale",), "fp8": ("weight_scale",),
                "wint2": ("weight_scale", "super_scales", "code_scale", "code_zp")}
 SCALE_SLOTS = 4  # S0 .. S3: unused slots take a dummy float32 [1]
@@ -43,6 +44,14 @@ def to_kernel_form(method: str, arrays: dict[str, np.ndarray]) -> dict[str, np.n
         a = np.asarray(arrays[name])
         form[name] = np.ascontiguousarray(a.T) if a.ndim == 2 else a
     return form
+
+
+def from_checkpoint(method: str, tensors: dict[str, np.ndarray], in_features: int, out_features: int, *,
+                    layout: str = "auto", block: int = fp8.BLOCK, name: str = "weight") -> dict[str, np.ndarray]:
+    """The kernel form of one linear's checkpoint tensors (by suffix), validated by ``quant.tensors.compact``
+    (names, dtypes, shapes: an ErnieError naming the tensor)."""
+    return to_kernel_form(method, compact(method, tensors, in_features, out_features, layout=layout, block=block,
+                                          name=name))
 
 
 def from_kernel_form(method: str, form: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

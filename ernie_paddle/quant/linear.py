@@ -23,7 +23,6 @@ from ernie_paddle.errors import ErnieError
 from ernie_paddle.kernels import predictor_ops
 from ernie_paddle.quant import fp8, kernel_form, wint2
 from ernie_paddle.quant.kernel_form import SCALE_NAMES, WEIGHT
-from ernie_paddle.quant.tensors import compact
 
 _FP8_TABLE = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)
 _CONSTANTS: dict[tuple[str, str], paddle.Tensor] = {}  # (name, device) -> tensor, made on first use
@@ -64,8 +63,9 @@ class QuantLinear(nn.Layer):
     def from_tensors(cls, method: str, tensors: dict[str, np.ndarray], in_features: int, out_features: int, *,
                      layout: str = "auto", block: int = fp8.BLOCK, name: str = "weight") -> QuantLinear:
         """Build from one linear's checkpoint tensors (by suffix); validates names, dtypes and shapes."""
-        arrays = compact(method, tensors, in_features, out_features, layout=layout, block=block, name=name)
-        return cls(method, in_features, out_features, kernel_form.to_kernel_form(method, arrays), block, tensors.get("bias"))
+        form = kernel_form.from_checkpoint(method, tensors, in_features, out_features, layout=layout, block=block,
+                                           name=name)
+        return cls(method, in_features, out_features, form, block, tensors.get("bias"))
 
     @property
     def format_code(self) -> int:

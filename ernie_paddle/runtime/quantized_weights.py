@@ -24,7 +24,7 @@ from ernie_paddle.models.layers import Linear
 from ernie_paddle.quant import kernel_form
 from ernie_paddle.quant.config import ONLINE_METHODS, QuantConfig, online, parse
 from ernie_paddle.quant.linear import QuantLinear
-from ernie_paddle.quant.tensors import compact, quantize_weight
+from ernie_paddle.quant.tensors import quantize_weight
 from ernie_paddle.runtime.weights import build_model, load_weights, tensor_stream
 
 _IGNORED = ("activation_scale",)  # named by FastDeploy's key map for block-wise FP8, never read
@@ -156,14 +156,13 @@ class QuantRouter:
     def _build(self, prefix: str, tensors: dict, layout_: str = "auto") -> None:
         stub = self.stubs[prefix]
         try:
-            arrays = compact(stub.method, tensors, stub.in_features, stub.out_features, layout=layout_,
-                             block=self.qc.block_size, name=prefix)
+            form = kernel_form.from_checkpoint(stub.method, tensors, stub.in_features, stub.out_features,
+                                               layout=layout_, block=self.qc.block_size, name=prefix)
         except ErnieError as e:
             guess = _guess(tensors, stub.in_features * stub.out_features)
             hint = (f" (its tensors look like {guess}, but quantization_config says {stub.method})"
                     if guess and guess != stub.method else "")
             raise ErnieError(f"{e}{hint}", self.source) from None
-        form = kernel_form.to_kernel_form(stub.method, arrays)
         if self.sink is not None:
             self.sink(prefix, form)
         else:

@@ -73,8 +73,8 @@ class ServerState:
             if self.runtime is None:
                 mapped = bool(s.mmap) or s.offload_folder is not None
                 engine = choose_engine(s.model_path, s.engine, speculative=s.speculative, mapped=mapped)
-                where = {"mmap": s.mmap, "offload_folder": s.offload_folder} if engine == "predictor" else {}
-                self.runtime = load(s.model_path, device=s.device, num_threads=s.num_threads, engine=engine, **where)
+                self.runtime = load(s.model_path, device=s.device, num_threads=s.num_threads, engine=engine,
+                                    mmap=s.mmap, offload_folder=s.offload_folder)
             if self.tokenizer is None:
                 self.tokenizer = ErnieTokenizer.from_folder(s.model_path)
             self.scheduler = self._make_scheduler()

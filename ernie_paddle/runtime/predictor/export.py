@@ -105,12 +105,11 @@ def resolve_activations(activations: str | None) -> str:
     return activations
 
 
-def _write_native(source: Path, tmp: Path, native, fmt: str, activations: str, quantization: str | None,
+def _write_native(ckpt, tmp: Path, native, fmt: str, activations: str, quantization: str | None,
                   quiet: bool, after_file=None) -> tuple:
     """The native program and its weights written into ``tmp`` from the checkpoint, streaming (no weight of
     the model is ever resident: ``weight_stream``); returns (config, quantization method, weight formats,
     the manifest's ``weight_file`` entry)."""
-    ckpt = open_checkpoint(source)
     model, qc, stubs = skeleton(ckpt, quantization)
     step = StepProgram(model, native, fmt, activations, qc.block_size if qc is not None else KERNEL_BLOCK)
     step.ops.stored.release_model_weights()
@@ -176,13 +175,13 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
         raise ErnieError(f"activations={activations!r} needs the compiled CPU operators, which this export "
                          f"does not use ({predictor_ops.build_error() or 'device ' + place.device})", source)
     max_seq_len = int(max_seq_len or config.max_position_embeddings)
-    source_format = open_checkpoint(source).format
+    ckpt = open_checkpoint(source)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{time.monotonic_ns()}"
     tmp.mkdir()
     try:
         if native is not None:
-            config, method, formats, extra = _write_native(source, tmp, native, fmt, activations, quantization,
+            config, method, formats, extra = _write_native(ckpt, tmp, native, fmt, activations, quantization,
                                                            quiet, after_file)
             ops = "native"
         else:
@@ -199,7 +198,7 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": {"ernie_paddle": __version__, "paddle": paddle.__version__,
                          "python": platform.python_version(), "numpy": np.__version__},
-            "source": {"path": str(source.resolve()), "format": source_format,
+            "source": {"path": str(source.resolve()), "format": ckpt.format,
                        "digest": digest},
             "dtype": place.dtype, "device": "gpu" if place.device.startswith("gpu") else "cpu",
             "weights": {"quantization": method, "dequantized_at_export": method is not None and ops != "native",

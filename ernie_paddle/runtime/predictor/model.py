@@ -82,11 +82,7 @@ class PredictorModel:
             c1 = min(t, c0 + step)
             start = state.length
             positions, key_mask = state.positions_and_mask(mask[:, c0:c1])
-            last = c1 == t
-            if last_only and not last:
-                index = np.array([c1 - c0 - 1], dtype=np.int64)  # computed and dropped: one row is cheap
-            else:
-                index = np.array([c1 - c0 - 1] if last_only else np.arange(c1 - c0), dtype=np.int64)
+            index = np.array([c1 - c0 - 1] if last_only else np.arange(c1 - c0), dtype=np.int64)
             outs.append(self.predictor.run(ids[:, c0:c1], positions, key_mask, start, index, state.kv))
             state.advance(key_mask)
         return outs[-1] if last_only or len(outs) == 1 else np.concatenate(outs, axis=1)

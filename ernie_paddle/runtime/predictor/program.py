@@ -252,7 +252,8 @@ class StepProgram(nn.Layer):
 
     @property
     def weight_specs(self) -> list:
-        """(name, dtype, shape) of the stored-weight inputs after the six step inputs (none for Paddle's ops)."""
+        """(name, dtype, shape, routed experts?) of the stored-weight inputs after the six step inputs (none for
+        Paddle's ops)."""
         return self.ops.stored.specs if isinstance(self.ops, NativeOps) else []
 
     def forward(self, input_ids, positions, key_mask, start, logit_index, kv, weights=None):
