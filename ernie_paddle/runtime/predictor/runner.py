@@ -30,6 +30,12 @@ ONEDNN_NOTE = """oneDNN is off by default on CPU: with it, every decode step cha
 re-creates its oneDNN primitive (about 1 ms per op); decode of the 0.3B shape ran several times slower than
 Paddle's plain CPU kernels (MKL sgemm). ``onednn=True`` or ERNIE_PADDLE_ONEDNN=1 turns it back on."""
 
+# Paddle's executor frees each dead tensor through a task on its garbage-collector thread when
+# FLAGS_eager_delete_tensor_gb is 0 (its default): a thread wake-up per freed tensor, hundreds per step. Freeing
+# once 10 MB have piled up cut a decode step's fixed cost from about 1.8 ms to 0.95 ms (a tiny 8-layer MoE,
+# 2 cores); the held garbage is at most that much. An explicit FLAGS_eager_delete_tensor_gb in the environment wins.
+GC_THRESHOLD_GB = 0.01
+
 
 @contextlib.contextmanager
 def _quiet_stdout():
@@ -103,6 +109,8 @@ class Predictor:
             cfg.set_cpu_math_library_num_threads(place.threads)
         cfg.disable_glog_info()
         cfg.switch_ir_optim(True)
+        if "FLAGS_eager_delete_tensor_gb" not in os.environ:  # read when the predictor's executor is built
+            paddle.set_flags({"FLAGS_eager_delete_tensor_gb": GC_THRESHOLD_GB})
         with _quiet_stdout():
             self._pred = pdi.create_predictor(cfg)
         entries = weight_file.entries_from_manifest(self.manifest, self.folder)
