@@ -211,42 +211,79 @@ void gemv(const float* xp, int64_t m, int64_t k, const Mat& w, float* y) {
   gemv_with<Portable, F>(xp, m, k, w, y);
 }
 
-// xq [m, k] int8 and xs [m, ceil(k / 32)] scales of the rows x (in the format's unit order, so a block
-// holds the same 32 values either way).
-inline void quantize_rows(const float* x, int64_t m, int64_t k, int8_t* xq, float* xs) {
-  const int64_t blocks = (k + kUnit - 1) / kUnit;
-  for (int64_t r = 0; r < m; ++r)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t lo = r * k + b * kUnit, hi = r * k + std::min(k, (b + 1) * kUnit);
-      float amax = 0.0f;
-#pragma omp simd reduction(max : amax)
-      for (int64_t i = lo; i < hi; ++i) amax = std::max(amax, std::fabs(x[i]));
-      float d = amax / 127.0f;
-      d = d >= FLT_MIN ? d : 0.0f;
-      const float inv = d > 0.0f ? 1.0f / d : 0.0f;
-      xs[r * blocks + b] = d;
-#pragma omp simd
-      for (int64_t i = lo; i < hi; ++i)
-        xq[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::nearbyint(x[i] * inv))));
-    }
-}
+// Int8 activation rows (the int8 mode), in the format's unit order (so a block holds the same 32 values
+// either way): q [m, k] int8, s [m, blocks] block scales, and for formats with an offset (F::kOffset) c
+// [m, blocks, 8] per full block the lane offsets -kOffset x (the sum of each lane's four q), the init of
+// vectors.h idot32u.
+struct QRows {
+  const int8_t* q;
+  const float* s;
+  const int32_t* c;
+  int64_t k;
+  int64_t blocks() const { return (k + kUnit - 1) / kUnit; }
+  QRows row(int64_t r) const { return {q + r * k, s + r * blocks(), c + r * blocks() * 8, k}; }
+};
 
-// The int8-mode dots of R quantized activation rows (xq, xs; rows ldq and lds apart) and weight row f, the
-// unit decoded once for all R: per 32-value block the exact integer dot times the block's scale, into four
-// accumulators per row (units 4j + v into accumulator v, the last units % 4 into the first), then the row
-// scale. A row's arithmetic is the same for every R.
+// The buffers of `rows` int8 activation rows of width k; quantize(x, m, r0, offset) fills rows r0 .. r0 + m:
+// scale xs_b = absmax_b / 127 per 32-value block (a block under 127 * FLT_MIN counts as zero), values rounded to
+// nearest even.
+struct QBuffers {
+  Scratch<int8_t> q;
+  Scratch<float> s;
+  Scratch<int32_t> c;
+  int64_t k;
+  QBuffers(int64_t rows, int64_t k)
+      : q(rows * k), s(rows * ((k + kUnit - 1) / kUnit)), c(rows * ((k + kUnit - 1) / kUnit) * 8), k(k) {}
+  QRows rows(int64_t r0) const { return QRows{q.get(), s.get(), c.get(), k}.row(r0); }
+  void quantize(const float* x, int64_t m, int64_t r0, int offset) {
+    const int64_t blocks = (k + kUnit - 1) / kUnit;
+    for (int64_t r = r0; r < r0 + m; ++r)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const float* xr = x + (r - r0) * k;
+        int8_t* qr = q.get() + r * k;
+        const int64_t lo = b * kUnit, hi = std::min(k, (b + 1) * kUnit);
+        float amax = 0.0f;
+#pragma omp simd reduction(max : amax)
+        for (int64_t i = lo; i < hi; ++i) amax = std::max(amax, std::fabs(xr[i]));
+        float d = amax / 127.0f;
+        d = d >= FLT_MIN ? d : 0.0f;
+        const float inv = d > 0.0f ? 1.0f / d : 0.0f;
+        s.get()[r * blocks + b] = d;
+#pragma omp simd
+        for (int64_t i = lo; i < hi; ++i)
+          qr[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::nearbyint(xr[i] * inv))));
+        if (offset > 0 && hi - lo == kUnit)
+          for (int j = 0; j < 8; ++j) {
+            const int8_t* lane = qr + lo + 4 * j;
+            c.get()[(r * blocks + b) * 8 + j] = -offset * (lane[0] + lane[1] + lane[2] + lane[3]);
+          }
+      }
+  }
+};
+
+// The int8-mode dots of R quantized activation rows (x.row(0 .. R)) and weight row f, the unit decoded once for
+// all R: per 32-value block the exact integer dot (idot32, or idot32u over the unsigned bytes with the lane
+// offsets: the same integers) times the block's scale, into four accumulators per row (units 4j + v into
+// accumulator v, the last units % 4 into the first), then the row scale. A row's arithmetic is the same for
+// every R.
 template <class V, int R, class F>
-inline void idot_rows(const int8_t* xq, int64_t ldq, const float* xs, int64_t lds, const F& f, int64_t k,
-                      float* out) {
+inline void idot_rows(const QRows& x, const F& f, float* out) {
   using Reg = typename V::R;
-  const int64_t units = k / kUnit;
+  const int64_t k = x.k, units = k / kUnit, blocks = x.blocks();
   Reg a[R][4];
   for (int r = 0; r < R; ++r) a[r][0] = a[r][1] = a[r][2] = a[r][3] = V::zero();
   auto unit = [&](int64_t u, int v) {  // unit u into the accumulators v
     typename V::B w;
-    f.unit_i8(u, &w);
-    for (int r = 0; r < R; ++r)
-      a[r][v] = V::fmadd(V::idot32(xq + r * ldq + kUnit * u, w), V::set1(xs[r * lds + u]), a[r][v]);
+    if constexpr (F::kOffset > 0) {
+      f.unit_u8(u, &w);
+      for (int r = 0; r < R; ++r)
+        a[r][v] = V::fmadd(V::idot32u(x.q + r * k + kUnit * u, w, x.c + (r * blocks + u) * 8),
+                           V::set1(x.s[r * blocks + u]), a[r][v]);
+    } else {
+      f.unit_i8(u, &w);
+      for (int r = 0; r < R; ++r)
+        a[r][v] = V::fmadd(V::idot32(x.q + r * k + kUnit * u, w), V::set1(x.s[r * blocks + u]), a[r][v]);
+    }
   };
   int64_t u = 0;
   for (; u + 4 <= units; u += 4)
@@ -257,8 +294,8 @@ inline void idot_rows(const int8_t* xq, int64_t ldq, const float* xs, int64_t ld
     float s = V::hsum(V::add(V::add(a[r][0], a[r][1]), V::add(a[r][2], a[r][3])));
     if (units * kUnit < k) {
       int32_t tail = 0;
-      for (int64_t i = units * kUnit; i < k; ++i) tail += xq[r * ldq + i] * static_cast<int32_t>(f.at(i));
-      s = std::fma(xs[r * lds + units], static_cast<float>(tail), s);
+      for (int64_t i = units * kUnit; i < k; ++i) tail += x.q[r * k + i] * static_cast<int32_t>(f.at(i));
+      s = std::fma(x.s[r * blocks + units], static_cast<float>(tail), s);
     }
     out[r] = s * f.row_scale();
   }
@@ -267,19 +304,16 @@ inline void idot_rows(const int8_t* xq, int64_t ldq, const float* xs, int64_t ld
 // y[r, n] (row stride ldy) in the int8 mode for output rows n0 .. n1 and token rows r < m: each weight row
 // read from memory once, decoded once per pass of up to kRowsKernelRows token rows.
 template <class V, class F>
-void igemv_range(const int8_t* xq, const float* xs, int64_t m, int64_t k, const Mat& w, int64_t n0, int64_t n1,
-                 float* y, int64_t ldy) {
-  const int64_t blocks = (k + kUnit - 1) / kUnit;
+void igemv_range(const QRows& x, int64_t m, const Mat& w, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   float out[kRowsKernelRows];
   for (int64_t n = n0; n < n1; ++n) {
     const F f(w, n);
     for (int64_t r = 0; r < m; r += kRowsKernelRows) {
       const int64_t rows = std::min(kRowsKernelRows, m - r);
-      const int8_t* q = xq + r * k;
-      const float* qs = xs + r * blocks;
-      if (rows == 1) idot_rows<V, 1>(q, k, qs, blocks, f, k, out);
-      if (rows == 2) idot_rows<V, 2>(q, k, qs, blocks, f, k, out);
-      if (rows == 3) idot_rows<V, 3>(q, k, qs, blocks, f, k, out);
+      const QRows q = x.row(r);
+      if (rows == 1) idot_rows<V, 1>(q, f, out);
+      if (rows == 2) idot_rows<V, 2>(q, f, out);
+      if (rows == 3) idot_rows<V, 3>(q, f, out);
       for (int64_t j = 0; j < rows; ++j) y[(r + j) * ldy + n] = out[j];
     }
   }
@@ -287,31 +321,27 @@ void igemv_range(const int8_t* xq, const float* xs, int64_t m, int64_t k, const 
 
 // y [m, n] (row stride n) in the int8 mode: each thread a run of kChunk weight rows.
 template <class V, class F>
-void igemv_with(const int8_t* xq, const float* xs, int64_t m, int64_t k, const Mat& w, float* y) {
+void igemv_with(const QRows& x, int64_t m, const Mat& w, float* y) {
   const int64_t chunks = (w.n + kChunk - 1) / kChunk;
   const int threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), chunks));
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t c = 0; c < chunks; ++c)
-    igemv_range<V, F>(xq, xs, m, k, w, c * kChunk, std::min(w.n, (c + 1) * kChunk), y, w.n);
+    igemv_range<V, F>(x, m, w, c * kChunk, std::min(w.n, (c + 1) * kChunk), y, w.n);
 }
 
 template <class F>
 void int8_linear_into(const float* xp, int64_t m, int64_t k, const Mat& w, float* y) {
-  Scratch<int8_t> xq(m * k);
-  Scratch<float> xs(m * ((k + kUnit - 1) / kUnit));
-  quantize_rows(xp, m, k, xq.get(), xs.get());
-  const int64_t blocks = (k + kUnit - 1) / kUnit;
+  QBuffers q(m, k);
+  q.quantize(xp, m, 0, F::kOffset);
   for (int64_t r0 = 0; r0 < m; r0 += kPrefillRows) {  // prefill: the weights pass once per block of rows
-    const int8_t* xb = xq.get() + r0 * k;
-    const float* sb = xs.get() + r0 * blocks;
     const int64_t rows = std::min(kPrefillRows, m - r0);
 #ifdef ERNIE_HAVE_AVX2
     if (!portable_requested()) {
-      igemv_with<Avx2, F>(xb, sb, rows, k, w, y + r0 * w.n);
+      igemv_with<Avx2, F>(q.rows(r0), rows, w, y + r0 * w.n);
       continue;
     }
 #endif
-    igemv_with<Portable, F>(xb, sb, rows, k, w, y + r0 * w.n);
+    igemv_with<Portable, F>(q.rows(r0), rows, w, y + r0 * w.n);
   }
 }
 

@@ -112,25 +112,21 @@ struct Items {
 // The scratch of one pass: every buffer [rows of the pass, width], rows in the grouped order.
 struct PassBuffers {
   Scratch<float> x, hid, act, act_in, out;  // act_in: act in the format's unit order (permuted formats)
-  Scratch<int8_t> xq, aq;  // int8 mode: the quantized inputs of up_gate and down and their block scales
-  Scratch<float> xs, as;
+  QBuffers xq, aq;  // int8 mode: the quantized inputs of up_gate and down
   PassBuffers(int64_t rows, int64_t h, int64_t inter, bool permuted, bool int8)
       : x(rows * h), hid(rows * 2 * inter), act(rows * inter), act_in(permuted ? rows * inter : 0), out(rows * h),
-        xq(int8 ? rows * h : 0), aq(int8 ? rows * inter : 0), xs(int8 ? rows * blocks(h) : 0),
-        as(int8 ? rows * blocks(inter) : 0) {}
-  static int64_t blocks(int64_t k) { return (k + kUnit - 1) / kUnit; }
+        xq(int8 ? rows : 0, h), aq(int8 ? rows : 0, inter) {}
 };
 
 // y [m, n0 .. n1) (row stride ldy) = the rows of one item, as linear_into computes them (the same row blocks).
 template <class V, class F>
-void item_rows(const float* x, const int8_t* xq, const float* xs, int64_t m, int64_t k, const Mat& w, int64_t n0,
-               int64_t n1, float* y, int64_t ldy) {
-  const int64_t blocks = (k + kUnit - 1) / kUnit;
+void item_rows(const float* x, const QRows* xq, int64_t m, int64_t k, const Mat& w, int64_t n0, int64_t n1, float* y,
+               int64_t ldy) {
   for (int64_t r0 = 0; r0 < m; r0 += kPrefillRows) {
     const int64_t rows = std::min(kPrefillRows, m - r0);
     if constexpr (F::kInt8) {
       if (xq != nullptr) {
-        igemv_range<V, F>(xq + r0 * k, xs + r0 * blocks, rows, k, w, n0, n1, y + r0 * ldy, ldy);
+        igemv_range<V, F>(xq->row(r0), rows, w, n0, n1, y + r0 * ldy, ldy);
         continue;
       }
     }
@@ -140,12 +136,12 @@ void item_rows(const float* x, const int8_t* xq, const float* xs, int64_t m, int
 
 // One grouped row's input of width k in the format's order: permuted (wint4, wint2), quantized (int8 mode).
 template <class F>
-void prepare_row(const float* src, int64_t k, float* dst, int8_t* q, float* qs) {
+void prepare_row(const float* src, int64_t k, float* dst, QBuffers* q, int64_t row) {
   if constexpr (F::kPermuted)
     permute_rows<F>(src, 1, k, dst);
   else if (dst != src)
     std::copy(src, src + k, dst);
-  if (q != nullptr) quantize_rows(dst, 1, k, q, qs);
+  if (q != nullptr) q->quantize(dst, 1, row, F::kOffset);
 }
 
 // y[t] += weight * out[g - base] for token t's grouped rows g of the pass (base .. base + rows), in ascending
@@ -174,7 +170,6 @@ void experts_pass(const MoeCall& c, int64_t i0, int64_t i1, PassBuffers& b) {
   const Routing& rt = c.route;
   const int64_t base = rt.start[i0], rows = rt.start[i1] - base, h = c.h, inter = c.inter, two_i = 2 * inter;
   const bool int8 = F::kInt8 && c.int8_act;
-  const int64_t hb = PassBuffers::blocks(h), ib = PassBuffers::blocks(inter);
   auto offset = [&](int64_t i) { return rt.start[i] - base; };  // the expert's first row in the buffers
   auto count = [&](int64_t i) { return rt.start[i + 1] - rt.start[i]; };
   std::vector<int64_t> streamed, heavy;  // float32 experts with many rows: Paddle's matmul, after the region
@@ -183,23 +178,21 @@ void experts_pass(const MoeCall& c, int64_t i0, int64_t i1, PassBuffers& b) {
   const int threads = static_cast<int>(std::clamp<int64_t>(ug_items.size(), 1, omp_get_max_threads()));
   float *xb = b.x.get(), *hid = b.hid.get(), *act = b.act.get(), *out = b.out.get();
   float* act_in = F::kPermuted ? b.act_in.get() : act;
-  int8_t *xq = int8 ? b.xq.get() : nullptr, *aq = int8 ? b.aq.get() : nullptr;
-  float *xs = int8 ? b.xs.get() : nullptr, *as = int8 ? b.as.get() : nullptr;
+  QBuffers *xq = int8 ? &b.xq : nullptr, *aq = int8 ? &b.aq : nullptr;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const int id = omp_get_thread_num(), team = omp_get_num_threads();
 #pragma omp for schedule(static)
     for (int64_t g = 0; g < rows; ++g)
-      prepare_row<F>(c.x + rt.token[base + g] * h, h, xb + g * h, xq ? xq + g * h : nullptr,
-                     xs ? xs + g * hb : nullptr);
+      prepare_row<F>(c.x + rt.token[base + g] * h, h, xb + g * h, xq, g);
     const auto [ua, ub] = ug_items.share(id, team);
     for (int64_t it = ua; it < ub; ++it) {  // the gate rows n0 .. n1 and up rows I + n0 .. I + n1, then SwiGLU
       const int64_t i = ug_items.expert(it), o = offset(i), m = count(i), n0 = ug_items.n0(it), n1 = ug_items.n1(it);
       const Mat w = c.up_gate.expert(rt.experts[i]);
-      const int8_t* q = xq ? xq + o * h : nullptr;
-      const float* qs = xs ? xs + o * hb : nullptr;
-      item_rows<V, F>(xb + o * h, q, qs, m, h, w, n0, n1, hid + o * two_i, two_i);
-      item_rows<V, F>(xb + o * h, q, qs, m, h, w, inter + n0, inter + n1, hid + o * two_i, two_i);
+      const QRows q = int8 ? xq->rows(o) : QRows{};
+      const QRows* qp = int8 ? &q : nullptr;
+      item_rows<V, F>(xb + o * h, qp, m, h, w, n0, n1, hid + o * two_i, two_i);
+      item_rows<V, F>(xb + o * h, qp, m, h, w, inter + n0, inter + n1, hid + o * two_i, two_i);
       for (int64_t r = o; r < o + m; ++r)
         swiglu_span(hid + r * two_i + n0, hid + r * two_i + inter + n0, n1 - n0, act + r * inter + n0);
     }
@@ -207,14 +200,14 @@ void experts_pass(const MoeCall& c, int64_t i0, int64_t i1, PassBuffers& b) {
     if (F::kPermuted || int8) {
 #pragma omp for schedule(static)
       for (int64_t g = 0; g < rows; ++g)
-        prepare_row<F>(act + g * inter, inter, act_in + g * inter, aq ? aq + g * inter : nullptr,
-                       as ? as + g * ib : nullptr);
+        prepare_row<F>(act + g * inter, inter, act_in + g * inter, aq, g);
     }
     const auto [da, db] = dn_items.share(id, team);
     for (int64_t it = da; it < db; ++it) {
       const int64_t i = dn_items.expert(it), o = offset(i);
-      item_rows<V, F>(act_in + o * inter, aq ? aq + o * inter : nullptr, as ? as + o * ib : nullptr, count(i), inter,
-                      c.down.expert(rt.experts[i]), dn_items.n0(it), dn_items.n1(it), out + o * h, h);
+      const QRows q = int8 ? aq->rows(o) : QRows{};
+      item_rows<V, F>(act_in + o * inter, int8 ? &q : nullptr, count(i), inter, c.down.expert(rt.experts[i]),
+                      dn_items.n0(it), dn_items.n1(it), out + o * h, h);
     }
     if (heavy.empty()) {
 #pragma omp barrier

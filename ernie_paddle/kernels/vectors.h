@@ -4,7 +4,10 @@
 // neighbouring int8 products (lane j: bytes 4j .. 4j + 3) of 32 int8 activations and 32 int8 weights, as
 // float lanes (exact). Avx2 computes them with |w| as unsigned bytes and w's sign moved onto x
 // (maddubs + madd, or one dpbusd where the build CPU has AVX-VNNI or AVX512-VNNI): exact for every weight
-// byte -128..127 and activations -127..127 (no int16 pair exceeds 2 * 128 * 127).
+// byte -128..127 and activations -127..127 (no int16 pair exceeds 2 * 128 * 127). idot32u(x, u, init): the
+// same sums for unsigned weight bytes u (0..15: maddubs pairs stay under 2 * 15 * 127) added to the eight int32
+// lanes init (one dpbusd, no abs/sign): a format stored with an offset (wint4: w = u - 8) passes init = -8 x
+// each lane's four activations, so the lanes equal idot32's exactly.
 //
 // Avx2 (AVX2 + FMA + F16C registers) and Portable (plain C++, lane by lane, std::fma: the same fused
 // products and the same reduction order as Avx2), so both give identical results. Portable runs where the
@@ -74,6 +77,15 @@ struct Portable {
     }
     return r;
   }
+  static R idot32u(const int8_t* x, const B& u, const int32_t* init) {  // u: unsigned bytes 0..15
+    R r;
+    for (int j = 0; j < 8; ++j) {
+      int32_t s = init[j];
+      for (int i = 4 * j; i < 4 * j + 4; ++i) s += static_cast<int32_t>(x[i]) * static_cast<uint8_t>(u.v[i]);
+      r.v[j] = static_cast<float>(s);
+    }
+    return r;
+  }
 };
 
 #ifdef ERNIE_HAVE_AVX2
@@ -105,6 +117,17 @@ struct Avx2 {
     return _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s));
 #else
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+  }
+  static R idot32u(const int8_t* x, B u, const int32_t* init) {
+    const __m256i xs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(init));
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__) && !defined(ERNIE_NO_VNNI)
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(c, u, xs));
+#elif defined(__AVXVNNI__) && !defined(ERNIE_NO_VNNI)
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(c, u, xs));
+#else
+    return _mm256_cvtepi32_ps(_mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(u, xs), _mm256_set1_epi16(1))));
 #endif
   }
 };

@@ -22,7 +22,8 @@
 //   group_scale(g)  the scale of k-group g (kGroup values; fp8 blocks, wint2 64-groups), applied to the
 //                   partial sums of the group; row_scale() the per-row scale applied to the finished dot.
 //   unit_i8(u, b)   (wint8, wint4: kInt8) the unit's 32 values as int8 in the same order, for the int8
-//                   activation mode (int8_kernels.h).
+//                   activation mode (linear_kernels.h); unit_u8(u, b) (wint4: kOffset 8) the same values
+//                   plus kOffset as unsigned bytes (fewer instructions: see vectors.h idot32u).
 // Values of at/unit are the stored integers (fp8: the e4m3 value * 2^-8, which F16C decodes exactly; its
 // group scale carries the 2^8). Every decode is exact, so Avx2 and Portable give identical results.
 #pragma once
@@ -59,6 +60,7 @@ inline float element(uint16_t v) { return bits_to_float(static_cast<uint32_t>(v)
 
 // Defaults of a format: no scales, no permutation.
 struct FormatDefaults {
+  static constexpr int kOffset = 0;  // > 0: has unit_u8, the int8 values + kOffset as unsigned bytes
   static constexpr int64_t kGroup = 0;  // k per group scale; 0: none
   static constexpr bool kRowScale = false;
   static constexpr bool kPermuted = false;
@@ -133,6 +135,7 @@ struct Wint4 : FormatDefaults {
   static constexpr bool kRowScale = true;
   static constexpr bool kInt8 = true;
   static constexpr bool kPermuted = true;
+  static constexpr int kOffset = 8;  // unit_u8: the stored nibble, w + 8 (0..15)
   const uint8_t* p;
   float scale;
   Wint4(const Mat& w, int64_t n)
@@ -146,6 +149,9 @@ struct Wint4 : FormatDefaults {
   void unit_i8(int64_t u, Portable::B* b) const {
     for (int j = 0; j < kUnit; ++j) b->v[j] = static_cast<int8_t>(nibble(p[unit_k(u, j) >> 1], unit_k(u, j)));
   }
+  void unit_u8(int64_t u, Portable::B* b) const {
+    for (int j = 0; j < kUnit; ++j) b->v[j] = static_cast<int8_t>(nibble(p[unit_k(u, j) >> 1], unit_k(u, j)) + kOffset);
+  }
 #ifdef ERNIE_HAVE_AVX2
   // int8: the 16 bytes in both halves, the upper half shifted by 4 (vpblendd, no shuffle port), so the
   // masked nibbles are [low nibbles | high nibbles]; sign-extended as (v ^ 8) - 8.
@@ -154,6 +160,12 @@ struct Wint4 : FormatDefaults {
     const __m256i both = _mm256_blend_epi32(v, _mm256_srli_epi16(v, 4), 0xF0);
     const __m256i eight = _mm256_set1_epi8(8);
     *b = _mm256_sub_epi8(_mm256_xor_si256(_mm256_and_si256(both, _mm256_set1_epi8(15)), eight), eight);
+  }
+  // unsigned: w + 8 = the nibble (two's complement w) xor 8, both nibbles of a byte flipped at once (0x88)
+  void unit_u8(int64_t u, __m256i* b) const {
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * u));
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_xor_si128(q, _mm_set1_epi8(static_cast<char>(0x88))));
+    *b = _mm256_and_si256(_mm256_blend_epi32(v, _mm256_srli_epi16(v, 4), 0xF0), _mm256_set1_epi8(15));
   }
   // float32: each byte zero-extended into a 32-bit lane (vpmovzxbd); a nibble v becomes the float
   // 2^23 + (v ^ 8) by or-ing in 2^23's exponent (one xor: v's bits lie below it), minus 2^23 + 8: the
