@@ -136,6 +136,14 @@ def _op_counts(program_json):
     return top, nested
 
 
+def _mlp_blocks(program_json, layers):
+    """The top-level operations of each of ``layers``' MLP block (between its post-attention norm and the next
+    norm; the last layer's also holds the logit rows' gather), by name without the dialect."""
+    ops = [op["#"].split(".")[-1] for op in json.loads(program_json.read_text())["program"]["regions"][0]["blocks"][0]["ops"]]
+    norms = [i for i, name in enumerate(ops) if name == "ernie_rms_norm"]
+    return [ops[norms[2 * i + 1] + 1: norms[2 * i + 2]] for i in layers]
+
+
 def test_moe_program_runs_only_chosen_experts(exported, runtime, tmp_path, monkeypatch):
     """Compiled CPU operators: each MoE layer's routed experts are one operator (it runs only the chosen
     experts). Paddle's own operators: each routed expert is a conditional block (run only when a token
@@ -152,7 +160,10 @@ def test_moe_program_runs_only_chosen_experts(exported, runtime, tmp_path, monke
     assert json.loads((native / "manifest.json").read_text())["program"]["ops"] == "native"
     top, nested = _op_counts(native / "step.json")
     custom = {name.split(".")[-1]: n for name, n in top.items() if "ernie_" in name}  # "<dialect id>.ernie_..."
-    assert custom["ernie_moe_experts"] == moe_layers and not nested and "1.if" not in top
+    assert custom["ernie_moe"] == moe_layers and "ernie_moe_experts" not in custom and not nested and "1.if" not in top
+    # an MoE block: router and routed experts in one operator, the shared expert's two linears, the residual add
+    blocks = _mlp_blocks(native / "step.json", config.moe_layers)
+    assert blocks[0] == ["ernie_moe", "ernie_linear", "ernie_linear_add", "add"] and max(map(len, blocks)) <= 6
     # per layer: qkv, o (+ residual); dense MLP or shared expert: up_gate, down (+ residual); head
     linears = 2 * config.num_hidden_layers + 2 * dense_layers + 2 * moe_layers + 1
     assert custom["ernie_linear"] + custom["ernie_linear_add"] == linears

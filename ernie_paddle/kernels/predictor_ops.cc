@@ -17,6 +17,10 @@
 //     sum over each token's chosen experts of weight * down(silu(gate) * up); only chosen experts run, each
 //     expert's weights read once per call (moe_kernels.h: tokens grouped by expert, one parallel region),
 //     and one operator replaces the per-expert conditional blocks of a traced loop.
+// ernie_moe(x [..., H], gate [H, E], bias [1, E] (or a dummy), up_gate, ug0..ug3, down, d0..d3; k, norm_min,
+//     act, use_bias, fmt, int8_act) -> out [..., H], ids [..., k] int64, weights [..., k]: the router
+//     (router_kernels.h: models/moe.py's route, Paddle's topk ties included) and ernie_moe_experts in one
+//     operator; out is the routed sum, ids and weights the routing (for tests; the program reads out only).
 // ernie_rms_norm(x [..., H], w [H]; eps) -> w * x * rsqrt(mean(x^2) + eps).
 // ernie_attention(q [B, T, nh, hd], kv [L, 2, B, nkv, C, hd], key_mask [B, S] int64, start [1] int64; layer)
 //     -> [B, T, nh * hd]: softmax(q k^T / sqrt(hd) + mask) v over the first S = start + T cached columns of
@@ -40,6 +44,7 @@
 #include "linear_kernels.h"
 #include "moe_kernels.h"
 #include "paddle/extension.h"
+#include "router_kernels.h"
 #include "stored_weights.h"
 
 namespace {
@@ -123,6 +128,27 @@ std::vector<Tensor> LinearAddForward(const Tensor& x, const Tensor& wt, const Te
   return {y};
 }
 
+namespace {
+
+// y [t, h] (zeros on entry) = the routed experts of tokens x [t, h] for their ids and weights [t, top].
+void experts_into(const char* op, const float* x, int64_t t, int64_t h, const int64_t* ids, const float* weights,
+                  int64_t top, const Tensor& ug, const Tensor& ug0, const Tensor& ug1, const Tensor& ug2,
+                  const Tensor& ug3, const Tensor& down, const Tensor& d0, const Tensor& d1, const Tensor& d2,
+                  const Tensor& d3, int fmt, bool int8_act, float* y) {
+  PD_CHECK(ug.shape().size() == 3 && ug.shape()[1] % 2 == 0, op, ": UG must be a stack [E, 2I, ...]; got ",
+           ernie::shape_text(ug.shape()));
+  const int64_t experts = ug.shape()[0], two_i = ug.shape()[1], inter = two_i / 2;
+  const auto up_gate = ernie::stored_weights(std::string(op) + ": UG", fmt, WeightInputs{ug, ug0, ug1, ug2, ug3},
+                                             experts, two_i, h);
+  const auto down_w = ernie::stored_weights(std::string(op) + ": D", fmt, WeightInputs{down, d0, d1, d2, d3},
+                                            experts, h, inter);
+  const auto route = ernie::route_tokens(ids, weights, t, top, experts);
+  const ernie::MoeCall call{x, t, h, inter, top, up_gate, down_w, route, int8_act, y};
+  ernie::with_format(fmt, [&](auto tag) { ernie::experts_with<typename decltype(tag)::type>(call); });
+}
+
+}  // namespace
+
 std::vector<Tensor> MoeExpertsForward(const Tensor& x, const Tensor& ids, const Tensor& weights, const Tensor& ug,
                                       const Tensor& ug0, const Tensor& ug1, const Tensor& ug2, const Tensor& ug3,
                                       const Tensor& down, const Tensor& d0, const Tensor& d1, const Tensor& d2,
@@ -132,23 +158,43 @@ std::vector<Tensor> MoeExpertsForward(const Tensor& x, const Tensor& ids, const 
   const int64_t t = x.shape()[0], h = x.shape()[1];
   PD_CHECK(ids.dtype() == paddle::DataType::INT64 && ids.shape().size() == 2 && ids.shape()[0] == t,
            "ernie_moe_experts: Ids must be int64 [T, k] with T = ", t);
-  const int64_t top = ids.shape()[1];
   PD_CHECK(weights.dtype() == paddle::DataType::FLOAT32 && weights.shape() == ids.shape(),
            "ernie_moe_experts: Weights must be float32 ", ernie::shape_text(ids.shape()));
-  PD_CHECK(ug.shape().size() == 3 && ug.shape()[1] % 2 == 0, "ernie_moe_experts: UG must be a stack [E, 2I, ...]; ",
-           "got ", ernie::shape_text(ug.shape()));
-  const int64_t experts = ug.shape()[0], two_i = ug.shape()[1], inter = two_i / 2;
-  const auto up_gate = ernie::stored_weights("ernie_moe_experts: UG", fmt, WeightInputs{ug, ug0, ug1, ug2, ug3},
-                                             experts, two_i, h);
-  const auto down_w = ernie::stored_weights("ernie_moe_experts: D", fmt, WeightInputs{down, d0, d1, d2, d3},
-                                            experts, h, inter);
   const auto idc = ids.is_contiguous() ? ids : ids.contiguous();
   const auto wc = weights.is_contiguous() ? weights : weights.contiguous();
-  const auto route = ernie::route_tokens(idc.data<int64_t>(), wc.data<float>(), t, top, experts);
   auto y = paddle::full({t, h}, 0.0, paddle::DataType::FLOAT32, paddle::CPUPlace());
-  const ernie::MoeCall call{xc.data<float>(), t, h, inter, top, up_gate, down_w, route, int8_act, y.data<float>()};
-  ernie::with_format(fmt, [&](auto tag) { ernie::experts_with<typename decltype(tag)::type>(call); });
+  experts_into("ernie_moe_experts", xc.data<float>(), t, h, idc.data<int64_t>(), wc.data<float>(), ids.shape()[1],
+               ug, ug0, ug1, ug2, ug3, down, d0, d1, d2, d3, fmt, int8_act, y.data<float>());
   return {y};
+}
+
+std::vector<Tensor> MoeForward(const Tensor& x, const Tensor& gate, const Tensor& bias, const Tensor& ug,
+                               const Tensor& ug0, const Tensor& ug1, const Tensor& ug2, const Tensor& ug3,
+                               const Tensor& down, const Tensor& d0, const Tensor& d1, const Tensor& d2,
+                               const Tensor& d3, int k, float norm_min, const std::string& act, bool use_bias, int fmt,
+                               bool int8_act) {
+  auto xc = float_rows(x, "ernie_moe");
+  const int64_t h = x.shape().back(), t = x.numel() / h;
+  PD_CHECK(gate.dtype() == paddle::DataType::FLOAT32 && gate.shape().size() == 2 && gate.shape()[0] == h,
+           "ernie_moe: Gate must be float32 [", h, ", E]; got ", phi::DataTypeToString(gate.dtype()), " ",
+           ernie::shape_text(gate.shape()));
+  const int64_t experts = gate.shape()[1];
+  PD_CHECK(ug.shape().size() == 3 && ug.shape()[0] == experts, "ernie_moe: UG must stack the gate's ", experts,
+           " experts; got ", ernie::shape_text(ug.shape()));
+  PD_CHECK(k >= 1 && k <= experts, "ernie_moe: k must be 1 .. ", experts, "; got ", k);
+  PD_CHECK(act == "softmax" || act == "sigmoid", "ernie_moe: act must be softmax or sigmoid; got ", act);
+  PD_CHECK(!use_bias || (bias.dtype() == paddle::DataType::FLOAT32 && bias.numel() == experts),
+           "ernie_moe: Bias must be float32 with ", experts, " values; got ", ernie::shape_text(bias.shape()));
+  const auto gc = gate.is_contiguous() ? gate : gate.contiguous();
+  const auto bc = bias.is_contiguous() ? bias : bias.contiguous();
+  auto ids = paddle::empty(out_shape(x.shape(), k), paddle::DataType::INT64, paddle::CPUPlace());
+  auto weights = paddle::empty(out_shape(x.shape(), k), paddle::DataType::FLOAT32, paddle::CPUPlace());
+  ernie::route_rows({xc.data<float>(), t, h, gc.data<float>(), experts, use_bias ? bc.data<float>() : nullptr, k,
+                     norm_min, act == "sigmoid", ids.data<int64_t>(), weights.data<float>()});
+  auto y = paddle::full(x.shape(), 0.0, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  experts_into("ernie_moe", xc.data<float>(), t, h, ids.data<int64_t>(), weights.data<float>(), k, ug, ug0, ug1,
+               ug2, ug3, down, d0, d1, d2, d3, fmt, int8_act, y.data<float>());
+  return {y, ids, weights};
 }
 
 std::vector<paddle::Tensor> RmsNormForward(const paddle::Tensor& x, const paddle::Tensor& w, float eps) {
@@ -299,6 +345,12 @@ std::vector<std::vector<int64_t>> MoeShape(SHAPE x, SHAPE, SHAPE, SHAPE, SHAPE, 
   return {x};
 }
 
+std::vector<std::vector<int64_t>> MoeRoutedShape(SHAPE x, SHAPE, SHAPE, SHAPE, SHAPE, SHAPE, SHAPE, SHAPE, SHAPE,
+                                                 SHAPE, SHAPE, SHAPE, SHAPE, int k, float, const std::string&, bool, int,
+                                                 bool) {
+  return {x, out_shape(x, k), out_shape(x, k)};
+}
+
 std::vector<paddle::DataType> Float32Linear(DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE) {
   return {paddle::DataType::FLOAT32};
 }
@@ -310,6 +362,11 @@ std::vector<paddle::DataType> Float32LinearAdd(DTYPE, DTYPE, DTYPE, DTYPE, DTYPE
 std::vector<paddle::DataType> Float32Moe(DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE,
                                          DTYPE, DTYPE) {
   return {paddle::DataType::FLOAT32};
+}
+
+std::vector<paddle::DataType> MoeRoutedDtypes(DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE, DTYPE,
+                                              DTYPE, DTYPE, DTYPE) {
+  return {paddle::DataType::FLOAT32, paddle::DataType::INT64, paddle::DataType::FLOAT32};
 }
 
 std::vector<std::vector<int64_t>> SameShape(SHAPE x, SHAPE) { return {x}; }
@@ -364,3 +421,11 @@ PD_BUILD_OP(ernie_rope_kv)
     .SetKernelFn(PD_KERNEL(RopeKvForward))
     .SetInferShapeFn(PD_INFER_SHAPE(RopeKvShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(Float32RopeKv));
+
+PD_BUILD_OP(ernie_moe)
+    .Inputs({"X", "Gate", "Bias", "UG", "UG0", "UG1", "UG2", "UG3", "D", "D0", "D1", "D2", "D3"})
+    .Outputs({"Out", "Ids", "Weights"})
+    .Attrs({"k: int", "norm_min: float", "act: std::string", "use_bias: bool", "fmt: int", "int8_act: bool"})
+    .SetKernelFn(PD_KERNEL(MoeForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(MoeRoutedShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(MoeRoutedDtypes));

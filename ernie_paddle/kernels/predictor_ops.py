@@ -1,6 +1,6 @@
 """The compiled CPU operators of the step program (``predictor_ops.cc``): streaming GEMV linears over
 transposed weights in every stored format (``weight_formats.h``), the routed experts of an MoE layer in one
-operator, RMSNorm, attention and the rotary KV write.
+operator (``ernie_moe``: with its router), RMSNorm, attention and the rotary KV write.
 
 Each linear operator takes its weight as WT plus four scale inputs S0..S3 and the attributes ``fmt`` (a
 code of ``FORMAT_CODES``) and ``int8_act``; scales a format does not use are a dummy float32 [1].
@@ -24,8 +24,8 @@ _MODULE = NativeModule(Path(__file__).with_name("predictor_ops.cc"), "ernie_pred
 
 
 def get():
-    """The operator module (``ernie_linear``, ``ernie_linear_add``, ``ernie_moe_experts``, ``ernie_rms_norm``,
-    ``ernie_attention``, ``ernie_rope_kv``) or None."""
+    """The operator module (``ernie_linear``, ``ernie_linear_add``, ``ernie_moe_experts``, ``ernie_moe``,
+    ``ernie_rms_norm``, ``ernie_attention``, ``ernie_rope_kv``) or None."""
     return _MODULE.get()
 
 

@@ -1,5 +1,6 @@
 """Sparse MoE block as released: fp32 router, correction bias for selection only, only chosen experts run.
 
+``route`` is the one router (the native program's compiled ``ernie_moe`` computes the same, ties included).
 ``dispatch_experts`` is the one MoE dispatch (text MoE, VL MoE and the exported program's Paddle op set): in
 dygraph it runs the experts the numpy ids name; traced, each expert is a conditional block that runs only
 when some row selected it.
@@ -89,19 +90,18 @@ class SparseMoE(nn.Layer):
         shared = config.shared_intermediate_size if shared_size is None else shared_size
         self.shared_experts = MLP(h, shared) if config.moe_num_shared_experts > 0 else None
 
+    def routing(self, flat: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """Top-k expert ids and weights for tokens ``flat`` [N, H] (``route`` with this layer's router)."""
+        bias = self.moe_statics.e_score_correction_bias if self.use_bias else None
+        return route(flat, self.gate.weight, bias, self.top_k, self.norm_min, self.act)
+
     def routed(self, flat: paddle.Tensor, ids: paddle.Tensor, weights: paddle.Tensor) -> paddle.Tensor:
         """The held experts' weighted sum for tokens ``flat`` [N, H] (``dispatch_experts``)."""
         return dispatch_experts(flat, ids, weights, self.gate.weight.shape[1], dict(zip(self.owned, self.experts)))
 
     def forward(self, x: paddle.Tensor, residual: paddle.Tensor | None = None) -> paddle.Tensor:
         """(residual +) routed experts + shared experts of x [..., H]."""
-        op = active_ops()
-        shape = x.shape
-        flat = x.reshape([-1, shape[-1]])
-        bias = self.moe_statics.e_score_correction_bias if self.use_bias else None
-        ids, weights = route(flat, self.gate.weight, bias, self.top_k, self.norm_min, self.act)
-        out = op.experts(self, flat, ids, weights)
+        out = active_ops().routed_experts(self, x)
         if self.shared_experts is not None:
-            out = self.shared_experts(flat, residual=out)
-        out = out.reshape(shape)
+            out = self.shared_experts(x, residual=out)
         return out if residual is None else residual + out

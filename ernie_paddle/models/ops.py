@@ -2,10 +2,11 @@
 
 The decoder blocks (``Attention``, ``MLP``, ``SparseMoE``, ``DecoderLayer``) are written once, as calls on
 the active op set: ``linear``, ``linear_add`` (residual + f(x) @ W), ``norm``, ``rope_kv`` (rotary embedding
-and the key/value store), ``attention`` and ``experts``. ``EagerOps`` (the default) is dygraph: each
-``Linear`` and ``RMSNorm`` runs its own forward, keys/values go to a ``LayerCache``. The exported
-predictor program (``ernie_paddle.runtime.predictor.program``) traces the same blocks under ``using(...)``
-with op sets of Paddle's own operators or of the compiled CPU operators, over a KV buffer written in place.
+and the key/value store), ``attention`` and ``routed_experts`` (an MoE layer's router and routed experts).
+``EagerOps`` (the default) is dygraph: each ``Linear`` and ``RMSNorm`` runs its own forward, keys/values go
+to a ``LayerCache``. The exported predictor program (``ernie_paddle.runtime.predictor.program``) traces the
+same blocks under ``using(...)`` with op sets of Paddle's own operators or of the compiled CPU operators,
+over a KV buffer written in place.
 """
 
 from __future__ import annotations
@@ -69,9 +70,12 @@ class EagerOps:
         out = paddle.matmul(probs, v).reshape([b, attn.num_heads, t, hd])
         return out.transpose([0, 2, 1, 3]).reshape([b, t, attn.q_size])
 
-    def experts(self, moe, flat, ids, weights):
-        """The routed experts' weighted sum for tokens ``flat`` [N, H] (``moe.routed``)."""
-        return moe.routed(flat, ids, weights.astype(flat.dtype))
+    def routed_experts(self, moe, x):
+        """The routed experts' weighted sum for x [..., H] (``moe.routing`` and ``moe.routed`` over its rows)."""
+        shape = x.shape
+        flat = x.reshape([-1, shape[-1]])
+        ids, weights = moe.routing(flat)
+        return moe.routed(flat, ids, weights.astype(flat.dtype)).reshape(shape)
 
 
 EAGER = EagerOps()

@@ -5,11 +5,13 @@ There is one forward: ``StepProgram`` feeds its inputs to ``ErnieModel.decode`` 
 ``ernie_paddle.models``) and traces it inside ``models.ops.using(op_set)``. The op sets here give the blocks
 their linears, norms, rotary split, attention and experts over a KV buffer written in place:
 ``PaddleOps`` (Paddle's own operators: GPU, and CPU without a compiler) and ``NativeOps`` (the compiled CPU
-operators of ``predictor_ops.cc``: a streaming GEMV for decode, MKL for prefill, all routed experts of a
-layer in one operator, one operator each for RMSNorm, the rotary split and attention). Paddle's op set
-writes attention with ``swiglu``, shape-free reshapes and one rotary rotation (a tiny matmul, exact) for q
-and k together: the dygraph forms cost about twice as many small ops per layer. On the 0.3B shape the
-native program has about 175 operations. Parity with dygraph is tested to 1e-5 at every step
+operators of ``predictor_ops.cc``: a streaming GEMV for decode, MKL for prefill, an MoE layer's router and
+all its routed experts in one operator, one operator each for RMSNorm, the rotary split and attention).
+Paddle's op set writes attention with ``swiglu``, shape-free reshapes and one rotary rotation (a tiny matmul,
+exact) for q and k together: the dygraph forms cost about twice as many small ops per layer. On the 0.3B
+shape the native program has about 175 operations; on the MoE bench shape (8 layers, 7 of them MoE) about
+200, an MoE block being 4 (``ernie_moe``, the shared expert's two linears, the residual add; its router was
+about 30 small Paddle ops before ``ernie_moe``). Parity with dygraph is tested to 1e-5 at every step
 (tests/test_predictor.py). Neither op set changes the model. The native one passes each linear in its stored
 format (``stored_weights``: a quantized linear's own compact buffers, transposed float32 or bfloat16 copies
 of float linears); Paddle's holds float32 copies of quantized linears (dequantized at export: it has no
@@ -37,7 +39,7 @@ from ernie_paddle.quant.kernel_form import KERNEL_BLOCK, WEIGHT
 from ernie_paddle.quant.linear import QuantLinear, float_weight
 from ernie_paddle.runtime.predictor.stored_weights import TABLE, Stored, StoredWeights
 
-PROGRAM_VERSION = 12  # bump when the traced program changes: the export cache keys on it
+PROGRAM_VERSION = 13  # bump when the traced program changes: the export cache keys on it
 INPUT_NAMES = ("input_ids", "positions", "key_mask", "start", "logit_index", "kv")
 
 
@@ -197,10 +199,14 @@ class NativeOps(nn.Layer, EagerOps):
     def attention(self, attn, q, slot: KVSlot, mask):
         return self.module.ernie_attention(q, slot.step.kv, mask, slot.step.start, slot.index)
 
-    def experts(self, moe, flat, ids, weights):
+    def routed_experts(self, moe, x):
+        """Router and routed experts of x [..., H] in one operator (its ids and weights outputs unread)."""
         up_gate, down = self.stored[moe]
-        return self.module.ernie_moe_experts(flat, ids, weights.astype("float32"), *self._tensors(up_gate),
-                                             *self._tensors(down), up_gate.fmt, up_gate.int8_act)
+        bias = moe.moe_statics.e_score_correction_bias if moe.use_bias else self.stored.dummy
+        out, _, _ = self.module.ernie_moe(x, moe.gate.weight, bias, *self._tensors(up_gate), *self._tensors(down),
+                                          moe.top_k, moe.norm_min, moe.act, moe.use_bias, up_gate.fmt,
+                                          up_gate.int8_act)
+        return out
 
     def head(self, hidden):
         s = self.stored.head
