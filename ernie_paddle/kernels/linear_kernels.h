@@ -156,8 +156,11 @@ void dot_rows_any(const float* xp, int64_t m, int64_t k, const F& f, float* y, i
 // token rows: one sequential stream of weight rows, each decoded in registers once for all token rows
 // (dot_rows; at 2 and 3 rows, one thread, 1024 x 1024: bf16, wint8, wint4 and fp8 1.5-3x the tiles'
 // speed, wint2 1.1-1.9x, float32 equal; at 4 rows float32 and wint2 were slower, so 4 and more keep the
-// tiles); more: 4 x 2 register tiles over the four weight rows decoded once per k-block (float32 and bf16:
-// read in place), read from L1 for every token row.
+// tiles); more: 4 x 2 register tiles over the four weight rows decoded once per k-block into an L1 buffer
+// and read from there for every token row. float32 rows are read in place, and bf16 rows up to kSmallRows
+// token rows (widened in registers per pair of rows: faster at 4-8 rows); past that bf16 is widened into the
+// buffer once per block like the other formats (prefill, one thread, 3072 x 1024: 1.2-1.3x at 32-64 rows,
+// about 1.4x at two threads; the same products in the same order, so the same bits).
 template <class V, class F>
 void gemv_range(const float* xp, int64_t m, int64_t k, const Mat& w, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   int64_t n = n0;
@@ -165,21 +168,25 @@ void gemv_range(const float* xp, int64_t m, int64_t k, const Mat& w, int64_t n0,
     for (; n < n1; ++n) dot_rows_any<V>(xp, m, k, F(w, n), y + n, ldy);
     return;
   }
+  const bool in_place = F::kDirect && (std::is_same_v<F, F32> || m <= kSmallRows);
   alignas(32) float buf[4 * kBlock];
   for (; n + 4 <= n1; n += 4) {
     const F f[4] = {F(w, n), F(w, n + 1), F(w, n + 2), F(w, n + 3)};
     for (int64_t r = 0; r < m; ++r) std::fill(y + r * ldy + n, y + r * ldy + n + 4, 0.0f);
     for (int64_t k0 = 0; k0 < k; k0 += kBlock) {  // the 4 weight rows' block and x's stay in L1
       const int64_t len = std::min(kBlock, k - k0);
-      if constexpr (!F::kDirect)
+      if (!in_place)
         for (int j = 0; j < 4; ++j) decode_span<V>(f[j], k0, len, buf + j * kBlock);
       for (int64_t r = 0; r < m; r += 2) {
         const int64_t r2 = r + 1 < m ? r + 1 : r;
         float *ya = y + r * ldy + n, *yb = y + r2 * ldy + n;
-        if constexpr (F::kDirect)  // in place: float32 rows, or bf16 rows widened in registers
-          tile4x2<V>(xp + r * k + k0, xp + r2 * k + k0, len, f[0].p + k0, k, ya, yb);
-        else
-          tile4x2<V>(xp + r * k + k0, xp + r2 * k + k0, len, buf, kBlock, ya, yb);
+        if constexpr (F::kDirect) {
+          if (in_place) {
+            tile4x2<V>(xp + r * k + k0, xp + r2 * k + k0, len, f[0].p + k0, k, ya, yb);
+            continue;
+          }
+        }
+        tile4x2<V>(xp + r * k + k0, xp + r2 * k + k0, len, buf, kBlock, ya, yb);
       }
     }
     if constexpr (F::kRowScale)
