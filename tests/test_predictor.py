@@ -22,6 +22,7 @@ from ernie_paddle.runtime.predictor import (
     supports,
 )
 from ernie_paddle.runtime.predictor.batching import PredictorEngine
+from ernie_paddle.runtime.predictor.runner import GC_THRESHOLD_GB, Predictor
 
 pytest_plugins = ("fixtures_models",)  # model_pair, runtime
 
@@ -92,6 +93,20 @@ def test_predictor_matches_dygraph(runtime, predictor, name, fmt):
     assert len(set(tokens[0].tolist())) > 1  # a real continuation, not one repeated id
     np.testing.assert_array_equal(pred.generate(PROMPTS, max_new_tokens=12, **NO_STOP),
                                   eager.generate(PROMPTS, max_new_tokens=12, **NO_STOP))
+
+
+def test_predictor_frees_garbage_in_batches(predictor, monkeypatch):
+    """The runner sets Paddle's GC threshold (one GC task per 10 MB, not per tensor) unless the environment
+    names one."""
+    predictor("dense-tied")
+    assert paddle.get_flags(["FLAGS_eager_delete_tensor_gb"])["FLAGS_eager_delete_tensor_gb"] == GC_THRESHOLD_GB
+    paddle.set_flags({"FLAGS_eager_delete_tensor_gb": 0.0})
+    monkeypatch.setenv("FLAGS_eager_delete_tensor_gb", "0")
+    try:
+        Predictor(predictor("dense-tied").predictor.folder)
+        assert paddle.get_flags(["FLAGS_eager_delete_tensor_gb"])["FLAGS_eager_delete_tensor_gb"] == 0.0
+    finally:
+        paddle.set_flags({"FLAGS_eager_delete_tensor_gb": GC_THRESHOLD_GB})
 
 
 def test_kv_buffer_is_written_in_place(runtime, predictor):
