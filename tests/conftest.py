@@ -61,6 +61,18 @@ def moe_hf(tiny_ckpts):
     return tiny_ckpts("moe", "moe", mtp=1, bias_scale=0.1)
 
 
+@pytest.fixture(scope="session")
+def ops():
+    """The compiled CPU operators (``predictor_ops.get()``); skipped where they cannot be built (the predictor
+    then exports Paddle's own operators, which tests/test_predictor.py covers)."""
+    from ernie_paddle.kernels import predictor_ops
+
+    module = predictor_ops.get()
+    if module is None:
+        pytest.skip(f"no compiled operators on this host: {predictor_ops.build_error()}")
+    return module
+
+
 @pytest.fixture
 def portable(monkeypatch):
     """Run a call on the portable (plain C++) backend of the compiled kernels (test_cpu_ops, test_kernel_formats)."""

@@ -4,16 +4,6 @@ import numpy as np
 import paddle
 import pytest
 
-from ernie_paddle.kernels import predictor_ops
-
-
-@pytest.fixture(scope="module")
-def ops():
-    module = predictor_ops.get()
-    if module is None:  # the predictor then exports Paddle's own operators (tests/test_predictor.py)
-        pytest.skip(f"no compiled operators on this host: {predictor_ops.build_error()}")
-    return module
-
 
 def _t(a):
     return paddle.to_tensor(np.ascontiguousarray(a))

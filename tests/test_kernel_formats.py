@@ -17,13 +17,6 @@ CODE = predictor_ops.FORMAT_CODES
 FORMATS = tuple(CODE)
 
 
-@pytest.fixture(scope="module")
-def ops():
-    module = predictor_ops.get()
-    if module is None:
-        pytest.skip(f"no compiled operators on this host: {predictor_ops.build_error()}")
-    return module
-
 
 def _t(a):
     return paddle.to_tensor(np.ascontiguousarray(a))

@@ -5,18 +5,10 @@ import numpy as np
 import paddle
 import pytest
 
-from ernie_paddle.kernels import predictor_ops
 from ernie_paddle.models.moe import route
 
 INTER = 3  # the experts' width: the routing tests need experts, not wide ones
 
-
-@pytest.fixture(scope="module")
-def ops():
-    module = predictor_ops.get()
-    if module is None:  # the predictor then exports Paddle's own operators (tests/test_predictor.py)
-        pytest.skip(f"no compiled operators on this host: {predictor_ops.build_error()}")
-    return module
 
 
 def _t(a, dtype="float32"):
