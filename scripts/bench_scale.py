@@ -1,14 +1,15 @@
 """Issue 17's scale benchmark: real model sizes on one machine, each step in its own child process.
 
     python scripts/bench_scale.py [--preset 21B-A3B] [--layers N] [--set KEY=VALUE ...] [--workdir DIR]
-                                  [--json OUT] [--direct] [--quiet]
+                                  [--json OUT] [--direct] [--activations float32|int8] [--quiet]
 
 Steps, in this order (intermediates are deleted as soon as no later step needs them):
  1. write_bf16: a random checkpoint of the preset's dims in the release's Paddle layout (bf16, sharded,
     ``ernie_paddle.devkit.scale_checkpoint``), written piece by piece.
  2. quantize_wint4: ``ernie-paddle quantize --method wint4`` (skipped with ``--direct``).
  3. export_wint4: ``ernie-paddle export`` of that checkpoint (``--direct``: of the bf16 checkpoint with
-    ``--quantization wint4``); the quantized checkpoint is deleted after it.
+    ``--quantization wint4``; ``--activations``: its wint4 linears' activation mode); the quantized
+    checkpoint is deleted after it.
  4. generate_wint4: load the export as ``generate`` does and decode 64 greedy tokens; export deleted.
  5. gguf_q4_0 + llamacpp_q4_0: a llama.cpp Q4_0 GGUF of the same weights and the same decode.
  6. export_bf16 + mmap_bf16: ``export`` of the bf16 checkpoint (its weights stay bf16), consuming the
@@ -67,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "keeps the step logs NAME.log)")
     ap.add_argument("--json", dest="json_out", type=Path, default=None)
     ap.add_argument("--direct", action="store_true", help="export wint4 straight from the bf16 checkpoint")
+    ap.add_argument("--activations", choices=("float32", "int8"), default=None,
+                    help="the wint4 export's activation mode (default: export's own)")
     ap.add_argument("--shard-size", default="4GB", help="shard size of the bf16 checkpoint")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--prompt-len", type=int, default=32)
@@ -196,6 +199,8 @@ def main(argv=None) -> int:
                        "--max-batch", "1", "-q"]
         if args.direct:
             export_args += ["--quantization", "wint4"]
+        if args.activations:
+            export_args += ["--activations", args.activations]
         else:
             bench.step("quantize_wint4", "cli", dict(argv=["quantize", str(bf16), str(qckpt), "--method", "wint4",
                                                            "-q", "--max-shard-size", args.shard_size]),
@@ -238,7 +243,7 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     goals = targets(bench.steps, bench.decode, parse_size(args.shard_size))
     report = {"preset": args.preset, "layers": cfg.num_hidden_layers, "overrides": dict(args.overrides),
-              "direct": args.direct, "threads": args.threads, "prompt_len": args.prompt_len,
+              "direct": args.direct, "activations": args.activations, "threads": args.threads, "prompt_len": args.prompt_len,
               "new_tokens": args.new_tokens, "checkpoint_bytes": b_bytes, "rss_cap_mb": bench.cap / MB,
               "disk": {"free_mb": free / MB, "needed_mb": need / MB,
                        "phases_mb": {k: v / MB for k, v in phases.items()}},
