@@ -222,12 +222,14 @@ void gemv(const float* xp, int64_t m, int64_t k, const Mat& w, float* y) {
 // either way): q [m, k] int8, s [m, blocks] block scales, and for formats with an offset (F::kOffset) c
 // [m, blocks, 8] per full block the lane offsets -kOffset x (the sum of each lane's four q), the init of
 // vectors.h idot32u.
+inline int64_t blocks_of(int64_t k) { return (k + kUnit - 1) / kUnit; }  // 32-value blocks of a row
+
 struct QRows {
   const int8_t* q;
   const float* s;
   const int32_t* c;
   int64_t k;
-  int64_t blocks() const { return (k + kUnit - 1) / kUnit; }
+  int64_t blocks() const { return blocks_of(k); }
   QRows row(int64_t r) const { return {q + r * k, s + r * blocks(), c + r * blocks() * 8, k}; }
 };
 
@@ -240,14 +242,14 @@ struct QBuffers {
   Scratch<int32_t> c;
   int64_t k;
   QBuffers(int64_t rows, int64_t k)
-      : q(rows * k), s(rows * ((k + kUnit - 1) / kUnit)), c(rows * ((k + kUnit - 1) / kUnit) * 8), k(k) {}
+      : q(rows * k), s(rows * blocks_of(k)), c(rows * blocks_of(k) * 8), k(k) {}
   QRows rows(int64_t r0) const { return QRows{q.get(), s.get(), c.get(), k}.row(r0); }
   void quantize(const float* x, int64_t m, int64_t r0, int offset) {
-    const int64_t blocks = (k + kUnit - 1) / kUnit;
-    for (int64_t r = r0; r < r0 + m; ++r)
+    const int64_t blocks = blocks_of(k);
+    for (int64_t r = r0; r < r0 + m; ++r) {
+      const float* xr = x + (r - r0) * k;
+      int8_t* qr = q.get() + r * k;
       for (int64_t b = 0; b < blocks; ++b) {
-        const float* xr = x + (r - r0) * k;
-        int8_t* qr = q.get() + r * k;
         const int64_t lo = b * kUnit, hi = std::min(k, (b + 1) * kUnit);
         float amax = 0.0f;
 #pragma omp simd reduction(max : amax)
@@ -265,6 +267,7 @@ struct QBuffers {
             c.get()[(r * blocks + b) * 8 + j] = -offset * (lane[0] + lane[1] + lane[2] + lane[3]);
           }
       }
+    }
   }
 };
 

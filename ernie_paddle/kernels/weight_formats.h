@@ -21,9 +21,9 @@
 //   at(k)           the scalar value at k (row tails, and the portable decode lane by lane)
 //   group_scale(g)  the scale of k-group g (kGroup values; fp8 blocks, wint2 64-groups), applied to the
 //                   partial sums of the group; row_scale() the per-row scale applied to the finished dot.
-//   unit_i8(u, b)   (wint8, wint4: kInt8) the unit's 32 values as int8 in the same order, for the int8
-//                   activation mode (linear_kernels.h); unit_u8(u, b) (wint4: kOffset 8) the same values
-//                   plus kOffset as unsigned bytes (fewer instructions: see vectors.h idot32u).
+//   unit_i8(u, b)   (wint8) the unit's 32 values as int8 in the same order, for the int8 activation mode
+//                   (linear_kernels.h); formats with kOffset (wint4: 8) give unit_u8(u, b) instead, the values
+//                   plus kOffset as unsigned bytes (fewer instructions: see vectors.h idot32u). Both: kInt8.
 // Values of at/unit are the stored integers (fp8: the e4m3 value * 2^-8, which F16C decodes exactly; its
 // group scale carries the 2^8). Every decode is exact, so Avx2 and Portable give identical results.
 #pragma once
@@ -65,7 +65,7 @@ struct FormatDefaults {
   static constexpr bool kRowScale = false;
   static constexpr bool kPermuted = false;
   static constexpr bool kDirect = false;  // the tiles read the stored rows in place (float32, bf16 bits)
-  static constexpr bool kInt8 = false;  // has unit_i8: the int8 activation mode applies
+  static constexpr bool kInt8 = false;  // has unit_i8 (or unit_u8): the int8 activation mode applies
   static int64_t unit_k(int64_t u, int j) { return kUnit * u + j; }
   static float group_scale(int64_t) { return 1.0f; }
   static float row_scale() { return 1.0f; }
@@ -146,21 +146,10 @@ struct Wint4 : FormatDefaults {
   float at(int64_t k) const { return static_cast<float>(nibble(p[k >> 1], k)); }
   float row_scale() const { return scale; }
   void unit(int64_t u, Portable::R* w) const { unit_lanes(*this, u, w); }
-  void unit_i8(int64_t u, Portable::B* b) const {
-    for (int j = 0; j < kUnit; ++j) b->v[j] = static_cast<int8_t>(nibble(p[unit_k(u, j) >> 1], unit_k(u, j)));
-  }
   void unit_u8(int64_t u, Portable::B* b) const {
     for (int j = 0; j < kUnit; ++j) b->v[j] = static_cast<int8_t>(nibble(p[unit_k(u, j) >> 1], unit_k(u, j)) + kOffset);
   }
 #ifdef ERNIE_HAVE_AVX2
-  // int8: the 16 bytes in both halves, the upper half shifted by 4 (vpblendd, no shuffle port), so the
-  // masked nibbles are [low nibbles | high nibbles]; sign-extended as (v ^ 8) - 8.
-  void unit_i8(int64_t u, __m256i* b) const {
-    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * u)));
-    const __m256i both = _mm256_blend_epi32(v, _mm256_srli_epi16(v, 4), 0xF0);
-    const __m256i eight = _mm256_set1_epi8(8);
-    *b = _mm256_sub_epi8(_mm256_xor_si256(_mm256_and_si256(both, _mm256_set1_epi8(15)), eight), eight);
-  }
   // unsigned: w + 8 = the nibble (two's complement w) xor 8, both nibbles of a byte flipped at once (0x88)
   void unit_u8(int64_t u, __m256i* b) const {
     const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * u));
