@@ -119,10 +119,11 @@ def run_parity(model_dir, reference_dir=None, prompts=None, max_new_tokens: int 
     """Compare both runtimes; returns per-prompt, batched and overall metrics plus ``passed``.
 
     ``runtime``: an already loaded runtime of ``model_dir`` to use instead of loading one (e.g. a
-    tensor-parallel rank's, fp32 on the CPU).
+    tensor-parallel rank's, fp32 on the CPU). Quantized linears run in the exact activation mode (float32):
+    parity checks the conversion and the kernels, not the int8 mode's rounding.
     """
 
-    ours = runtime or load(model_dir, dtype="float32", device="cpu", engine=engine)
+    ours = runtime or load(model_dir, dtype="float32", device="cpu", engine=engine, activations="float32")
     ref = load_reference(model_dir, reference_dir)
     prompts = prompts or default_prompts(ours.config.vocab_size)
     no_stop = {"max_new_tokens": max_new_tokens, "stop_token_ids": []}

@@ -55,7 +55,8 @@ def load(path, dtype: str | None = None, device: str | None = None, num_threads:
     linears on load (either engine); a checkpoint whose config.json has a ``quantization_config`` loads
     quantized without it. ``tp`` > 1: this rank's part of the model inside a paddle.distributed job of ``tp``
     processes (``moe``: "tp" cuts every expert, "ep" gives ranks whole experts). ``activations``: of the
-    predictor's wint8/wint4 linears, "float32" (exact) or "int8" (integer dot products; see ``export``).
+    predictor's wint8/wint4 linears, "auto" (the default: int8 on CPU), "float32" (exact, as the dygraph
+    engine) or "int8" (integer dot products; see ``export``).
     ``mmap``: the predictor maps the export's weights instead of reading them (True), reads them (False), or
     maps them when they do not fit in memory (None); ``offload_folder``: export a checkpoint into that folder
     and serve it mapped (the predictor engine). Mapped weights give the same logits as resident ones.
@@ -66,7 +67,7 @@ def load(path, dtype: str | None = None, device: str | None = None, num_threads:
     if choose_engine(path, engine, quantization, tp=tp, device=device, mapped=mapped) == "predictor":
         return load_predictor(path, dtype=dtype, device=device, num_threads=num_threads, quantization=quantization,
                               activations=activations, mmap=mmap, offload_folder=offload_folder)
-    if activations not in (None, "float32"):
+    if activations not in (None, "auto", "float32"):
         raise ErnieError(f"activations={activations!r} runs on the predictor engine; the dygraph engine computes "
                          "quantized linears on float32 activations")
     if tp > 1:

@@ -49,6 +49,9 @@ def probe() -> dict:
     default = params["activations"].default
     if not isinstance(default, str):  # None: the export's one constant
         default = getattr(mod, "DEFAULT_ACTIVATIONS", "float32")
+    if default == "auto":  # what a CPU export with the compiled operators resolves it to, for wint8/wint4
+        default = mod.resolve_activations("auto", native=mod.native_ops("cpu", "float32") is not None,
+                                          int8_linears=True)
     return {"compact": True, "default_activations": default}
 
 

@@ -45,12 +45,14 @@ class Piece:
     expert: int | None
 
 
-def _ggml_type(name: str, shape: tuple[int, ...], qtype: str):
-    """As ``bench_llamacpp.write_gguf``: 2-D+ tensors whose rows hold a multiple of 32 values in ``qtype``,
-    the rest (norms, router, correction bias) F32."""
+def _ggml_type(name: str, shape: tuple[int, ...], qtype: str, embedding: str | None = None):
+    """As ``bench_llamacpp.write_gguf``: 2-D+ tensors whose rows hold a multiple of 32 values in ``qtype``
+    (the embedding / output head in ``embedding`` when given), the rest (norms, router, correction bias) F32."""
     import gguf
     from bench_llamacpp import _KEEP_F32
 
+    if embedding and name in ("token_embd.weight", "output.weight"):
+        qtype = embedding.upper()
     wide = qtype == "F32" or len(shape) < 2 or name.endswith(_KEEP_F32) or shape[-1] % 32
     return gguf.GGMLQuantizationType.F32 if wide else getattr(gguf.GGMLQuantizationType, qtype)
 
@@ -62,9 +64,11 @@ def _nbytes(shape: tuple[int, ...], ggml) -> int:
     return int(np.prod(shape, dtype=np.int64)) // block * size
 
 
-def plan(cfg, tensors: list[tuple[str, tuple[int, ...]]], qtype: str) -> tuple[dict[str, Slot], list]:
+def plan(cfg, tensors: list[tuple[str, tuple[int, ...]]], qtype: str,
+         embedding: str | None = None) -> tuple[dict[str, Slot], list]:
     """The GGUF tensors of a Paddle checkpoint's ``tensors`` (key, shape; in file order), and per Paddle
-    tensor its layout op and where its HF pieces go: ``[(key, op, [Piece, ...]), ...]``."""
+    tensor its layout op and where its HF pieces go: ``[(key, op, [Piece, ...]), ...]``; ``embedding``: the
+    type of the embedding / output head (default ``qtype``)."""
     from bench_llamacpp import gguf_name
 
     from converters.layout_ops import hf_shapes
@@ -89,7 +93,7 @@ def plan(cfg, tensors: list[tuple[str, tuple[int, ...]]], qtype: str) -> tuple[d
         sources.append((key, match.rule.op, pieces))
     slots = {}
     for name, shape in shapes.items():
-        ggml = _ggml_type(name, shape, qtype)
+        ggml = _ggml_type(name, shape, qtype, embedding)
         slots[name] = Slot(shape, ggml, _nbytes(shape, ggml))
     return slots, sources
 
@@ -171,9 +175,9 @@ class _Regenerated:
 
 
 def write_gguf_from_paddle(folder: Path, out: Path, qtype: str = "Q4_0", consume: bool = False,
-                           quiet: bool = False, regenerate: dict | None = None) -> Path:
+                           quiet: bool = False, regenerate: dict | None = None, embedding: str | None = None) -> Path:
     """Write ``out`` from the Paddle checkpoint ``folder`` (``regenerate``: the ``_Regenerated`` arguments
-    instead); ``consume`` deletes each shard once read."""
+    instead); ``consume`` deletes each shard once read; ``embedding``: as for ``plan``."""
     from converters.layout_ops import to_hf
     from ernie_paddle.io.checkpoint import open_checkpoint
     from ernie_paddle.progress import progress_bar
@@ -182,7 +186,7 @@ def write_gguf_from_paddle(folder: Path, out: Path, qtype: str = "Q4_0", consume
     ckpt = _Regenerated(**regenerate) if regenerate else open_checkpoint(folder)
     consume = consume and not regenerate
     order = sorted(ckpt.specs.values(), key=lambda spec: (spec.file, spec.start))
-    slots, sources = plan(ckpt.config, [(spec.name, spec.shape) for spec in order], qtype)
+    slots, sources = plan(ckpt.config, [(spec.name, spec.shape) for spec in order], qtype, embedding)
     offsets = _header(out, ckpt.config, slots, qtype)
     filled = dict.fromkeys(slots, 0)
     last_of = {ckpt.specs[key].file: key for key, _op, _pieces in sources}

@@ -136,10 +136,12 @@ def _cli(argv: list[str]) -> dict:
     return {}
 
 
-def _gguf(src: str, out: str, qtype: str, consume: bool, regenerate: dict | None = None) -> dict:
+def _gguf(src: str, out: str, qtype: str, consume: bool, regenerate: dict | None = None,
+          embedding: str | None = None) -> dict:
     from _scale_gguf import write_gguf_from_paddle
 
-    write_gguf_from_paddle(Path(src), Path(out), qtype, consume=consume, quiet=True, regenerate=regenerate)
+    write_gguf_from_paddle(Path(src), Path(out), qtype, consume=consume, quiet=True, regenerate=regenerate,
+                           embedding=embedding)
     return {"bytes": Path(out).stat().st_size}
 
 

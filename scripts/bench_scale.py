@@ -1,7 +1,8 @@
 """Issue 17's scale benchmark: real model sizes on one machine, each step in its own child process.
 
     python scripts/bench_scale.py [--preset 21B-A3B] [--layers N] [--set KEY=VALUE ...] [--workdir DIR]
-                                  [--json OUT] [--direct] [--activations float32|int8] [--quiet]
+                                  [--json OUT] [--direct] [--activations float32|int8]
+                                  [--llamacpp-embedding BF16|same] [--quiet]
 
 Steps, in this order (intermediates are deleted as soon as no later step needs them):
  1. write_bf16: a random checkpoint of the preset's dims in the release's Paddle layout (bf16, sharded,
@@ -11,7 +12,8 @@ Steps, in this order (intermediates are deleted as soon as no later step needs t
     ``--quantization wint4``; ``--activations``: its wint4 linears' activation mode); the quantized
     checkpoint is deleted after it.
  4. generate_wint4: load the export as ``generate`` does and decode 64 greedy tokens; export deleted.
- 5. gguf_q4_0 + llamacpp_q4_0: a llama.cpp Q4_0 GGUF of the same weights and the same decode.
+ 5. gguf_q4_0 + llamacpp_q4_0: a llama.cpp Q4_0 GGUF of the same weights and the same decode; its embedding
+    / tied head BF16 as in our export (equal bits; ``--llamacpp-embedding same``: Q4_0 too).
  6. export_bf16 + mmap_bf16: ``export`` of the bf16 checkpoint (its weights stay bf16), consuming the
     checkpoint's shards as it streams (a disk that holds one copy of the bf16 weights suffices), served with
     its weights memory-mapped (``load(..., mmap=True)``, what ``--mmap`` runs); export deleted.
@@ -70,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--direct", action="store_true", help="export wint4 straight from the bf16 checkpoint")
     ap.add_argument("--activations", choices=("float32", "int8"), default=None,
                     help="the wint4 export's activation mode (default: export's own)")
+    ap.add_argument("--llamacpp-embedding", choices=("BF16", "same"), default="BF16",
+                    help="type of the Q4_0 GGUF's embedding / tied head (BF16, the default: as our exports keep "
+                         "it, equal bits; same: Q4_0 too)")
     ap.add_argument("--shard-size", default="4GB", help="shard size of the bf16 checkpoint")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--prompt-len", type=int, default=32)
@@ -167,8 +172,9 @@ def main(argv=None) -> int:
     b_bytes = sum(s.nbytes for shard in shards for s in shard)
     llama_reason = "--no-llamacpp" if args.no_llamacpp else llamacpp_missing()
     ordered = [(s.name, s.shape) for shard in shards for s in shard]
-    gguf_sizes = {} if llama_reason else {q: data_bytes(gguf_plan(cfg, ordered, q)[0]) + GGUF_HEADER_SLACK
-                                          for q in ("Q4_0", "BF16")}
+    embedding = None if args.llamacpp_embedding == "same" else args.llamacpp_embedding
+    gguf_sizes = {} if llama_reason else {q: data_bytes(gguf_plan(cfg, ordered, q, embedding)[0])
+                                          + GGUF_HEADER_SLACK for q in ("Q4_0", "BF16")}
     phases = disk_phases(cfg, b_bytes, parse_size(args.shard_size), args.direct, gguf_sizes)
     need = max(phases.values()) + DISK_RESERVE
     own_work = args.workdir is None
@@ -215,7 +221,8 @@ def main(argv=None) -> int:
             for name, row in (("gguf_q4_0", None), ("llamacpp_q4_0", "llama.cpp Q4_0")):
                 bench.unavailable(name, llama_reason, row)
         else:
-            bench.step("gguf_q4_0", "gguf", dict(src=str(bf16), out=str(q4), qtype="Q4_0", consume=False),
+            bench.step("gguf_q4_0", "gguf", dict(src=str(bf16), out=str(q4), qtype="Q4_0", consume=False,
+                                                 embedding=embedding),
                        needs=("write_bf16",))
             bench.step("llamacpp_q4_0", "decode", dict(engine="llamacpp", path=str(q4), options={}, **decode),
                        needs=("gguf_q4_0",), decode="llama.cpp Q4_0")
@@ -243,7 +250,8 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     goals = targets(bench.steps, bench.decode, parse_size(args.shard_size))
     report = {"preset": args.preset, "layers": cfg.num_hidden_layers, "overrides": dict(args.overrides),
-              "direct": args.direct, "activations": args.activations, "threads": args.threads, "prompt_len": args.prompt_len,
+              "direct": args.direct, "activations": args.activations,
+              "llamacpp_embedding": args.llamacpp_embedding, "threads": args.threads, "prompt_len": args.prompt_len,
               "new_tokens": args.new_tokens, "checkpoint_bytes": b_bytes, "rss_cap_mb": bench.cap / MB,
               "disk": {"free_mb": free / MB, "needed_mb": need / MB,
                        "phases_mb": {k: v / MB for k, v in phases.items()}},

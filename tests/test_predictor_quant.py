@@ -37,7 +37,7 @@ def _native():
 @pytest.fixture(scope="module")
 def quantized(model_pair, tmp_path_factory):
     """Factory: quantized(method, name) -> (quantized checkpoint, {linear prefix: method}, its export, its
-    dygraph runtime); method "wint2" is the released 2-bit mix (wint8, wint4 and wint2 experts) of
+    dygraph runtime); the export in the exact activation mode (float32), as dygraph; method "wint2" is the released 2-bit mix (wint8, wint4 and wint2 experts) of
     test_quant_runtime."""
     root = tmp_path_factory.mktemp("quant")
     made = {}
@@ -53,7 +53,8 @@ def quantized(model_pair, tmp_path_factory):
                 quantize(src, folder, method, quiet=True)
                 methods = {k[: -len(".quant_weight")]: method for k in open_checkpoint(folder).keys()
                            if k.endswith(".quant_weight")}
-            out = export(folder, root / f"{name}-{method}-export", max_seq_len=128, max_batch=4)
+            out = export(folder, root / f"{name}-{method}-export", max_seq_len=128, max_batch=4,
+                         activations="float32")
             made[method, name] = (folder, methods, out, load(folder, engine="dygraph", device="cpu"))
         return made[method, name]
 
@@ -90,7 +91,8 @@ def test_online_quantization_exports_compact(model_pair, quantized, tmp_path):
     src = model_pair("dense-untied")[1]
     assert choose_engine(folder, "auto", device="cpu") == "predictor"
     assert choose_engine(src, "auto", quantization="wint4", device="cpu") == "predictor"
-    online = export(src, tmp_path / "online", max_seq_len=64, max_batch=2, quantization="wint4")
+    online = export(src, tmp_path / "online", max_seq_len=64, max_batch=2, quantization="wint4",
+                    activations="float32")
     manifest = json.loads((online / "manifest.json").read_text())
     assert manifest["weights"]["quantization"] == "wint4" and not manifest["weights"]["dequantized_at_export"]
     assert manifest["weight_formats"] == json.loads((out / "manifest.json").read_text())["weight_formats"]
@@ -101,15 +103,16 @@ def test_online_quantization_exports_compact(model_pair, quantized, tmp_path):
 @pytest.mark.parametrize("method,name", [("wint8", "dense-untied"), ("wint4", "dense-untied"),
                                          ("wint8", "moe-tied")])
 def test_int8_activations(quantized, tmp_path, method, name):
-    """``activations="int8"``: wint8/wint4 linears on int8 activations (the manifest records it), compared with
-    the float32-activation program over 64 positions. Each block of 32 activations is rounded to half a
+    """The default export (``activations="auto"``: int8 with the compiled operators) runs wint8/wint4 linears on
+    int8 activations (the manifest records it, a load asking for int8 takes it), compared with the
+    float32-activation program over 64 positions. Each block of 32 activations is rounded to half a
     step of absmax/127: about 0.5% (rms) of a linear's output (the operator's own test bounds it per
     output); sqrt(4 L) = 2.8 linears' worth on a token's path gives ~1.5% (measured 1.3-1.5% dense), so the
     dense bound is 3% and top-1 equal at >= 90% of positions. In MoE layers the perturbation may flip a
     token's top-k experts where two router scores nearly tie, a discrete change (measured 4.9%, 91% top-1):
     bound 10% and >= 80%."""
     folder, _, out, _ = quantized(method, name)
-    act = export(folder, tmp_path / "int8", max_seq_len=64, max_batch=4, activations="int8")
+    act = export(folder, tmp_path / "int8", max_seq_len=64, max_batch=4)
     assert json.loads((act / "manifest.json").read_text())["weights"]["activations"] == "int8"
     ids = np.random.default_rng(7).integers(0, 1024, size=(4, 16))
     ref, got = load(out).logits(ids), load(act, activations="int8").logits(ids)

@@ -22,10 +22,10 @@ COMMANDS = []
 @click.option("--weights", type=click.Choice(["auto", "float32", "bf16"]), default="auto", show_default=True,
               help="Stored format of the CPU program's float weights: linears that are not quantized, the "
                    "embedding (auto: bf16 for a bf16 checkpoint).")
-@click.option("--activations", type=click.Choice(["float32", "int8"]), default=None,
+@click.option("--activations", type=click.Choice(["auto", "float32", "int8"]), default=None,
               help="Activations of wint8/wint4 linears: int8 runs them on int8-quantized activations (integer "
-                   "dot products; close to, not equal to, the float32 logits). Default: DEFAULT_ACTIVATIONS of "
-                   "ernie_paddle.runtime.predictor.export (float32 at present).")
+                   "dot products, as llama.cpp's Q8_0/Q4_0; close to, not equal to, the float32 logits); "
+                   "float32 is the exact mode. Default auto: int8 with the compiled CPU operators.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the export succeeded).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 def export(model, out, max_seq_len, max_batch, dtype, device, quantization, weights, activations, overwrite, quiet):

@@ -82,9 +82,9 @@ def _fmt(ids) -> str:
 @click.option("--quantization", type=click.Choice(["wint8", "wint4", "fp8"]), default=None,
               help="Quantize the linears on load (weight-only int8/int4 or block-wise FP8). "
                    "Prequantized checkpoints load quantized without it.")
-@click.option("--activations", type=click.Choice(["float32", "int8"]), default=None,
+@click.option("--activations", type=click.Choice(["auto", "float32", "int8"]), default=None,
               help="Activations of wint8/wint4 linears on the predictor: float32 (exact) or int8 (integer dot "
-                   "products). Default: the export's default.")
+                   "products, as llama.cpp's Q8_0/Q4_0). Default auto: int8 with the compiled CPU operators.")
 @mmap_options
 @tp_options
 def generate(model, prompts, prompt_ids, prompts_file, max_new_tokens, min_new_tokens, temperature, top_p,

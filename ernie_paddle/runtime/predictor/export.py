@@ -22,9 +22,12 @@ over a model built without weights and the weights are written one checkpoint te
 (``weight_stream``), so its peak memory is about one tensor group, at any model size. Paddle's op set loads
 the dygraph model (``runtime.text``) and saves its weights with the program.
 
-``activations`` ("float32" or "int8"; default ``DEFAULT_ACTIVATIONS``): "int8" runs the wint8/wint4 linears
-on int8-quantized activations (the operators' ``int8_act`` mode: integer dot products, logits within the
-mode's documented error of the float32 ones); the manifest records the mode. Paddle's op set (GPU, or no
+``activations`` ("auto", "float32" or "int8"; default ``DEFAULT_ACTIVATIONS``): "int8" runs the wint8/wint4
+linears on int8-quantized activations (the operators' ``int8_act`` mode: integer dot products, logits within
+the mode's documented error of the float32 ones, as llama.cpp runs Q8_0/Q4_0); "float32" is the exact mode
+(the dequantized weights' logits, what ``parity`` and the dygraph engine compute); "auto" is int8 when the
+compiled CPU operators run the export and it has wint8/wint4 linears, else float32. The manifest records the
+mode. Paddle's op set (GPU, or no
 compiler) has no quantized operators: it multiplies by float32 dequantized copies, and the manifest says
 ``dequantized_at_export``. The export is written into a temporary sibling folder and renamed into place
 only when complete.
@@ -45,6 +48,7 @@ from ernie_paddle.config.text import ErnieConfig
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.io.checkpoint import open_checkpoint
 from ernie_paddle.kernels import predictor_ops
+from ernie_paddle.quant import config as quant_config
 from ernie_paddle.quant.kernel_form import KERNEL_BLOCK
 from ernie_paddle.quant.linear import quantization_methods
 from ernie_paddle.runtime.predictor import manifest as mf
@@ -64,7 +68,8 @@ from ernie_paddle.runtime.text import load_text
 from ernie_paddle.version import __version__
 
 DEFAULT_MAX_BATCH = 32
-DEFAULT_ACTIVATIONS = "float32"  # of quantized wint8/wint4 linears: "float32" or "int8" (module docstring)
+DEFAULT_ACTIVATIONS = "auto"  # of quantized wint8/wint4 linears (module docstring)
+ACTIVATION_CHOICES = ("auto", *ACTIVATIONS)
 
 
 def supports(config: ErnieConfig) -> str | None:
@@ -97,11 +102,23 @@ def checkpoint_weight_format(source, weights: str | None = "auto") -> str:
     return "bfloat16" if nbytes["BF16"] > nbytes["F32"] else "float32"
 
 
-def resolve_activations(activations: str | None) -> str:
-    """``activations`` checked, or ``DEFAULT_ACTIVATIONS``."""
+def has_int8_linears(source, quantization: str | None) -> bool:
+    """Whether the export of ``source`` (quantized on load with ``quantization``) holds wint8/wint4 linears,
+    by the quantization method or the checkpoint's ``quantization_config``."""
+    if quantization is not None:
+        return quantization in INT8_ACT_FORMATS
+    qc = quant_config.read(Path(source) / "config.json")
+    return qc is not None and bool(qc.methods & set(INT8_ACT_FORMATS))
+
+
+def resolve_activations(activations: str | None, native: bool = False, int8_linears: bool = False) -> str:
+    """``activations`` (or ``DEFAULT_ACTIVATIONS``) checked; "auto" becomes "int8" when the compiled
+    operators run the export (``native``) and it has wint8/wint4 linears, else "float32"."""
     activations = activations or DEFAULT_ACTIVATIONS
-    if activations not in ACTIVATIONS:
-        raise ErnieError(f"unknown activations {activations!r} (one of {', '.join(ACTIVATIONS)})")
+    if activations not in ACTIVATION_CHOICES:
+        raise ErnieError(f"unknown activations {activations!r} (one of {', '.join(ACTIVATION_CHOICES)})")
+    if activations == "auto":
+        return "int8" if native and int8_linears else "float32"
     return activations
 
 
@@ -156,7 +173,7 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
     lets the caller delete the checkpoint as it streams)."""
 
     source, out = Path(source), Path(out)
-    activations = resolve_activations(activations)
+    resolve_activations(activations)  # an unknown mode fails first
     if mf.is_export_folder(source):
         raise ErnieError("this is already an export folder; export takes a checkpoint folder", source)
     if out.exists() and not overwrite and any(out.iterdir()):
@@ -171,6 +188,7 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
     fmt = checkpoint_weight_format(source, weights)
     place = setup(device, dtype, None)
     native = native_ops(place.device, place.dtype)
+    activations = resolve_activations(activations, native is not None, has_int8_linears(source, quantization))
     if native is None and activations != "float32":
         raise ErnieError(f"activations={activations!r} needs the compiled CPU operators, which this export "
                          f"does not use ({predictor_ops.build_error() or 'device ' + place.device})", source)
@@ -243,16 +261,26 @@ def cache_folder(digest: str, dtype: str, device: str = "cpu", weight_format: st
     return mf.home() / "exports" / f"{digest[:24]}-{dtype}-{ops}{fmt}-v{PROGRAM_VERSION}-paddle{paddle.__version__}"
 
 
+def _device_kind(device: str | None) -> str:
+    return "gpu" if str(device).startswith("gpu") else "cpu"
+
+
+def _activations_for(source: Path, activations: str | None, device: str, dtype: str, quantization: str | None) -> str:
+    """The resolved activation mode of an export of ``source`` on ``device`` / ``dtype``."""
+    return resolve_activations(activations, native_ops(device, dtype) is not None,
+                               has_int8_linears(source, quantization))
+
+
 def export_cached(source, dtype: str = "float32", device: str | None = "cpu", quantization: str | None = None,
                   activations: str | None = None) -> Path:
     """The cached export of ``source`` (exported on first use; ``quantization`` and ``activations`` as for
     ``export``); a cached folder made from a different checkpoint than its name says is an error, never
     reused."""
     source = Path(source)
-    activations = resolve_activations(activations)
+    device = _device_kind(device)
+    activations = _activations_for(source, activations, device, dtype, quantization)
     digest = mf.checkpoint_digest(source)
-    folder = cache_folder(digest, dtype, "gpu" if str(device).startswith("gpu") else "cpu",
-                          checkpoint_weight_format(source), quantization, activations)
+    folder = cache_folder(digest, dtype, device, checkpoint_weight_format(source), quantization, activations)
     return export_into(source, folder, dtype, device, quantization, activations, digest,
                        "delete the cached folder to re-export")
 
@@ -264,7 +292,7 @@ def export_into(source, folder, dtype: str = "float32", device: str | None = "cp
     it already holds an export of the same checkpoint with the same quantization and activations (the
     ``--offload-folder`` of a mapped load, and the export cache); another export there is an error."""
     source, folder = Path(source), Path(folder)
-    activations = resolve_activations(activations)
+    activations = _activations_for(source, activations, _device_kind(device), dtype, quantization)
     digest = digest or mf.checkpoint_digest(source)
     if not mf.is_export_folder(folder):
         export(source, folder, max_batch=1024, dtype=dtype, device=device, digest=digest,

@@ -74,7 +74,7 @@ def load_predictor(path, dtype: str | None = None, device: str | None = None,
     elif quantization is not None:
         raise ErnieError(f"quantization={quantization!r} applies to checkpoints; this export folder holds "
                          f"{mf.read_manifest(folder).get('weight_format', 'float32')} weights", folder)
-    elif activations is not None and activations != mf.read_manifest(folder).get("weights", {}).get(
+    elif activations not in (None, "auto") and activations != mf.read_manifest(folder).get("weights", {}).get(
             "activations", "float32"):
         raise ErnieError(f"this export runs its quantized linears on "
                          f"{mf.read_manifest(folder).get('weights', {}).get('activations', 'float32')} activations, "
