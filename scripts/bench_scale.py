@@ -203,10 +203,10 @@ def main(argv=None) -> int:
                                                shard_size=args.shard_size))
         export_args = ["export", str(bf16 if args.direct else qckpt), str(export), "--max-seq-len", str(context),
                        "--max-batch", "1", "-q"]
-        if args.direct:
-            export_args += ["--quantization", "wint4"]
         if args.activations:
             export_args += ["--activations", args.activations]
+        if args.direct:
+            export_args += ["--quantization", "wint4"]
         else:
             bench.step("quantize_wint4", "cli", dict(argv=["quantize", str(bf16), str(qckpt), "--method", "wint4",
                                                            "-q", "--max-shard-size", args.shard_size]),

@@ -93,6 +93,21 @@ def test_decode_rows_do_not_depend_on_their_batch(ops, fmt):
     np.testing.assert_array_equal(ys[2][:2], ys[1])
 
 
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "float32"])  # float32 prefill is MKL's
+def test_prefill_rows_do_not_depend_on_their_batch(ops, fmt):
+    """Prefill (more than 8 rows: the packed-panel GEMM, and in the int8 mode the 4 x 4 integer tiles) gives
+    each row the same bits whichever rows come with it: rows 1 .. 13 alone equal the same rows inside 20, in
+    both activation modes (N = 37: two full panels and a remainder; K with a row tail)."""
+    k = 192 if fmt == "wint2" else 200
+    arrays, _ = _weights(fmt, k, 37, seed=12)
+    inputs = as_inputs(arrays)
+    x = np.random.default_rng(12).standard_normal((20, k)).astype(np.float32)
+    for int8_act in (False, True) if fmt in ("wint8", "wint4") else (False,):
+        full = ops.ernie_linear(_t(x), *inputs, CODE[fmt], int8_act).numpy()
+        part = ops.ernie_linear(_t(x[1:14]), *inputs, CODE[fmt], int8_act).numpy()
+        np.testing.assert_array_equal(part, full[1:14])
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_linear_keeps_leading_axes(ops, fmt):
     arrays, w = _weights(fmt, 128, 40, seed=3)

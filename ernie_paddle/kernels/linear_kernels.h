@@ -12,7 +12,9 @@
 // nearest even; a block under 127 * FLT_MIN counts as zero), and y[n] = S0[n] * sum_b xs_b * (integer dot of
 // the block), the integer dots exact (vectors.h idot32). Error bound against the float32 mode's exact value
 // x @ W^T: |y - y_ref| <= sum_b 0.5 * xs_b * sum_{k in b} |W[n, k]| (plus float32 rounding), since each
-// activation moves by at most half a step.
+// activation moves by at most half a step. From 4 token rows on, 4 x 4 tiles (itile) over 4 weight rows whose
+// integer units are decoded once into a buffer: prefill, one thread, 3072 x 1024, 32 rows: wint4 1.5x and
+// wint8 1.6x the per-row passes (about 70 GMAC/s per core, 2.2x the float32 mode), bit for bit the same values.
 #pragma once
 
 #include <omp.h>
@@ -25,8 +27,10 @@
 #include <memory>
 #include <new>
 #include <type_traits>
+#include <vector>
 
 #include "paddle/extension.h"
+#include "gemm_kernels.h"
 #include "weight_formats.h"
 
 namespace ernie {
@@ -164,6 +168,9 @@ void dot_rows_any(const float* xp, int64_t m, int64_t k, const F& f, float* y, i
 template <class V, class F>
 void gemv_range(const float* xp, int64_t m, int64_t k, const Mat& w, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   int64_t n = n0;
+  if constexpr (!std::is_same_v<F, F32>) {
+    if (m > kSmallRows) n = gemm_range<V, F>(xp, m, k, w, n0, n1, y, ldy);  // prefill: full panels of rows
+  }
   if (m <= kRowsKernelRows) {
     for (; n < n1; ++n) dot_rows_any<V>(xp, m, k, F(w, n), y + n, ldy);
     return;
@@ -311,14 +318,78 @@ inline void idot_rows(const QRows& x, const F& f, float* out) {
   }
 }
 
-// y[r, n] (row stride ldy) in the int8 mode for output rows n0 .. n1 and token rows r < m: each weight row
-// read from memory once, decoded once per pass of up to kRowsKernelRows token rows.
+// The int8-mode dots of kITileRows quantized activation rows (x.row(0 ..)) and the kITileRows weight rows f[]
+// whose units lie decoded in buf (row j's unit u at (j * units + u) * kUnit): out[r * ldo + j] = idot_rows'
+// value for row r and weight row j, bit for bit. The same fused multiply-adds in the same order per
+// accumulator: accumulator v takes units v, v + 4, ... of the full groups of four (and accumulator 0 then the
+// last units % 4), so the loop runs once per accumulator over the 16 (row, weight row) pairs in registers.
+constexpr int64_t kITileRows = 4;  // weight rows and token rows of an int8 tile
+
+template <class V, class F>
+void itile(const QRows& x, const F* f, const int8_t* buf, float* out, int64_t ldo) {
+  using Reg = typename V::R;
+  constexpr int T = kITileRows;
+  const int64_t k = x.k, units = k / kUnit, blocks = x.blocks(), full = units / 4 * 4;
+  Reg part[4][T][T];  // [accumulator][weight row][token row]
+  for (int v = 0; v < 4; ++v) {
+    Reg a[T][T];
+    for (int j = 0; j < T; ++j)
+      for (int r = 0; r < T; ++r) a[j][r] = V::zero();
+    auto unit = [&](int64_t u) {
+      typename V::B w[T];
+      for (int j = 0; j < T; ++j) std::memcpy(&w[j], buf + (j * units + u) * kUnit, kUnit);
+      for (int r = 0; r < T; ++r) {
+        const int8_t* xq = x.q + r * k + kUnit * u;
+        const Reg xs = V::set1(x.s[r * blocks + u]);
+        for (int j = 0; j < T; ++j) {
+          if constexpr (F::kOffset > 0)
+            a[j][r] = V::fmadd(V::idot32u(xq, w[j], x.c + (r * blocks + u) * 8), xs, a[j][r]);
+          else
+            a[j][r] = V::fmadd(V::idot32(xq, w[j]), xs, a[j][r]);
+        }
+      }
+    };
+    for (int64_t u = v; u < full; u += 4) unit(u);
+    if (v == 0)
+      for (int64_t u = full; u < units; ++u) unit(u);
+    for (int j = 0; j < T; ++j)
+      for (int r = 0; r < T; ++r) part[v][j][r] = a[j][r];
+  }
+  for (int j = 0; j < T; ++j)
+    for (int r = 0; r < T; ++r) {
+      float s = V::hsum(V::add(V::add(part[0][j][r], part[1][j][r]), V::add(part[2][j][r], part[3][j][r])));
+      if (units * kUnit < k) {
+        int32_t tail = 0;
+        for (int64_t i = units * kUnit; i < k; ++i) tail += x.q[r * k + i] * static_cast<int32_t>(f[j].at(i));
+        s = std::fma(x.s[r * blocks + units], static_cast<float>(tail), s);
+      }
+      out[r * ldo + j] = s * f[j].row_scale();
+    }
+}
+
+// The units of weight row f as int8 bytes (unsigned with the offset for F::kOffset formats) into buf.
+template <class V, class F>
+void decode_units(const F& f, int64_t units, int8_t* buf) {
+  for (int64_t u = 0; u < units; ++u) {
+    typename V::B w;
+    if constexpr (F::kOffset > 0)
+      f.unit_u8(u, &w);
+    else
+      f.unit_i8(u, &w);
+    std::memcpy(buf + u * kUnit, &w, kUnit);
+  }
+}
+
+// y[r, n] (row stride ldy) in the int8 mode for output rows n0 .. n1 and token rows r < m. At least
+// kITileRows token rows: the units of each kITileRows weight rows decoded once into a per-thread buffer and
+// every full group of kITileRows token rows passes over it (itile); the other rows and weight rows: each
+// weight row read from memory once, decoded once per pass of up to kRowsKernelRows token rows. Every value
+// is idot_rows' for its row, whichever path computes it.
 template <class V, class F>
 void igemv_range(const QRows& x, int64_t m, const Mat& w, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   float out[kRowsKernelRows];
-  for (int64_t n = n0; n < n1; ++n) {
-    const F f(w, n);
-    for (int64_t r = 0; r < m; r += kRowsKernelRows) {
+  auto rows_of = [&](const F& f, int64_t n, int64_t r0) {
+    for (int64_t r = r0; r < m; r += kRowsKernelRows) {
       const int64_t rows = std::min(kRowsKernelRows, m - r);
       const QRows q = x.row(r);
       if (rows == 1) idot_rows<V, 1>(q, f, out);
@@ -326,7 +397,20 @@ void igemv_range(const QRows& x, int64_t m, const Mat& w, int64_t n0, int64_t n1
       if (rows == 3) idot_rows<V, 3>(q, f, out);
       for (int64_t j = 0; j < rows; ++j) y[(r + j) * ldy + n] = out[j];
     }
+  };
+  int64_t n = n0;
+  if (m >= kITileRows) {
+    const int64_t units = x.k / kUnit, tiled = m / kITileRows * kITileRows;
+    thread_local std::vector<int8_t> buf;
+    buf.resize(kITileRows * units * kUnit);
+    for (; n + kITileRows <= n1; n += kITileRows) {
+      const F f[kITileRows] = {F(w, n), F(w, n + 1), F(w, n + 2), F(w, n + 3)};
+      for (int64_t j = 0; j < kITileRows; ++j) decode_units<V, F>(f[j], units, buf.data() + j * units * kUnit);
+      for (int64_t r = 0; r < tiled; r += kITileRows) itile<V, F>(x.row(r), f, buf.data(), y + r * ldy + n, ldy);
+      for (int64_t j = 0; j < kITileRows; ++j) rows_of(f[j], n + j, tiled);
+    }
   }
+  for (; n < n1; ++n) rows_of(F(w, n), n, 0);
 }
 
 // y [m, n] (row stride n) in the int8 mode: each thread a run of kChunk weight rows.

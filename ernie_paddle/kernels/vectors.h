@@ -7,7 +7,8 @@
 // byte -128..127 and activations -127..127 (no int16 pair exceeds 2 * 128 * 127). idot32u(x, u, init): the
 // same sums for unsigned weight bytes u (0..15: maddubs pairs stay under 2 * 15 * 127) added to the eight int32
 // lanes init (one dpbusd, no abs/sign): a format stored with an offset (wint4: w = u - 8) passes init = -8 x
-// each lane's four activations, so the lanes equal idot32's exactly.
+// each lane's four activations, so the lanes equal idot32's exactly. With dpbusd (ERNIE_HAVE_VNNI) u may be any
+// unsigned byte 0..255 (wint8: w + 128).
 //
 // Avx2 (AVX2 + FMA + F16C registers) and Portable (plain C++, lane by lane, std::fma: the same fused
 // products and the same reduction order as Avx2), so both give identical results. Portable runs where the
@@ -23,6 +24,9 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define ERNIE_HAVE_AVX2 1
+#endif
+#if ((defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)) && !defined(ERNIE_NO_VNNI)
+#define ERNIE_HAVE_VNNI 1  // dpbusd: idot32u takes any unsigned byte 0..255 (maddubs pairs would saturate)
 #endif
 
 namespace ernie {
@@ -59,6 +63,14 @@ struct Portable {
   static R mul(R a, R b) {
     for (int i = 0; i < 8; ++i) a.v[i] *= b.v[i];
     return a;
+  }
+  static void transpose8(R* r) {  // r[i].v[j] <-> r[j].v[i]
+    for (int i = 0; i < 8; ++i)
+      for (int j = i + 1; j < 8; ++j) {
+        const float t = r[i].v[j];
+        r[i].v[j] = r[j].v[i];
+        r[j].v[i] = t;
+      }
   }
   static float hsum(R a) {  // the order of Avx2::hsum: (lane i + lane i+4), then (0 + 2) + (1 + 3)
     float s[4];
@@ -102,6 +114,20 @@ struct Avx2 {
   static R fmadd(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
   static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
+  static void transpose8(R* r) {  // r[i] lane j <-> r[j] lane i: unpack, shuffle, then swap 128-bit halves
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20), r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20), r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31), r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31), r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+  }
   static float hsum(R v) {
     const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));

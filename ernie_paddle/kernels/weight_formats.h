@@ -22,8 +22,9 @@
 //   group_scale(g)  the scale of k-group g (kGroup values; fp8 blocks, wint2 64-groups), applied to the
 //                   partial sums of the group; row_scale() the per-row scale applied to the finished dot.
 //   unit_i8(u, b)   (wint8) the unit's 32 values as int8 in the same order, for the int8 activation mode
-//                   (linear_kernels.h); formats with kOffset (wint4: 8) give unit_u8(u, b) instead, the values
-//                   plus kOffset as unsigned bytes (fewer instructions: see vectors.h idot32u). Both: kInt8.
+//                   (linear_kernels.h); formats with kOffset (wint4: 8; wint8: 128 where dpbusd exists) give
+//                   unit_u8(u, b) instead, the values plus kOffset as unsigned bytes (fewer instructions: see
+//                   vectors.h idot32u). Both: kInt8.
 // Values of at/unit are the stored integers (fp8: the e4m3 value * 2^-8, which F16C decodes exactly; its
 // group scale carries the 2^8). Every decode is exact, so Avx2 and Portable give identical results.
 #pragma once
@@ -114,6 +115,9 @@ struct Wint8 : FormatDefaults {
   static constexpr int kCode = 2;
   static constexpr bool kRowScale = true;
   static constexpr bool kInt8 = true;
+#ifdef ERNIE_HAVE_VNNI
+  static constexpr int kOffset = 128;  // unit_u8: w + 128 (0..255), which only dpbusd multiplies exactly
+#endif
   const int8_t* p;
   float scale;
   Wint8(const Mat& w, int64_t n) : p(static_cast<const int8_t*>(w.q) + n * w.k), scale(static_cast<const float*>(w.s0)[n]) {}
@@ -126,8 +130,14 @@ struct Wint8 : FormatDefaults {
       w[v] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + kUnit * u + 8 * v))));
   }
   void unit_i8(int64_t u, __m256i* b) const { *b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + kUnit * u)); }
+  void unit_u8(int64_t u, __m256i* b) const {  // w + 128 = w xor 0x80 as unsigned bytes
+    *b = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + kUnit * u)), _mm256_set1_epi8(-128));
+  }
 #endif
   void unit_i8(int64_t u, Portable::B* b) const { std::memcpy(b->v, p + kUnit * u, kUnit); }
+  void unit_u8(int64_t u, Portable::B* b) const {
+    for (int j = 0; j < kUnit; ++j) b->v[j] = static_cast<int8_t>(p[kUnit * u + j] ^ 0x80);
+  }
 };
 
 struct Wint4 : FormatDefaults {
