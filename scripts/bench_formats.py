@@ -4,9 +4,11 @@ activation modes, fp8, wint2) and llama.cpp (F32, BF16, Q8_0, Q4_0) on the same 
 Per shape, one random bf16 HF checkpoint (seed 0); quantized Paddle checkpoints of it (release tensor
 names; WINT2: the release mix on MoE shapes, routed experts WINT2 and the other linears wint4), each with
 its exactly dequantized float32 twin; GGUFs written with ``gguf`` from the same HF folder (bench_llamacpp).
-Every export and every engine runs in its own child process; peak RSS is that child's VmHWM. Measured:
-prefill ms (median of ``--repeats``, ``--prompt`` tokens), greedy decode tok/s at batch 1 and 8 (best of
-``--repeats``, ``--new-tokens`` tokens), the bandwidth ceiling (measured read bandwidth / weight bytes a
+Every export and every engine runs in its own child process; peak RSS is that child's VmHWM. The timing
+processes of a shape's engines run in ``--rounds`` interleaved rounds (A B C .. C B A ..), so the machine's
+slow spells fall on every engine alike. Measured: prefill ms (the best round's median of ``--repeats``,
+``--prompt`` tokens), greedy decode tok/s at batch 1 and 8 (best of ``--repeats`` x ``--rounds``,
+``--new-tokens`` tokens), the bandwidth ceiling (measured read bandwidth / weight bytes a
 batch-1 step reads in that format), and accuracy over ``--positions`` positions of one random sequence
 against transformers (float32) on (a) the exactly dequantized weights of the format and (b) the original
 bf16 weights: max |dlogit|, mean KL(ref || engine), top-1 agreement.
@@ -138,8 +140,7 @@ class Bench:
             formats = row.pop("weight_formats")
             row["stored_formats"] = sorted(set(formats.values()))
             row["bytes_per_step"] = bytes_per_step(config, formats, fmt)
-            self.log(f"{shape}: {row['name']}: timing")
-            row.update(self.child("ours", str(out), a.threads, a.prompt, a.new_tokens, a.repeats))
+            row["_timing"], row["_export"] = ("ours", str(out), a.threads, a.prompt, a.new_tokens, a.repeats), out
             if a.positions:
                 self.log(f"{shape}: {row['name']}: logits of {a.positions} positions")
                 npy = root / "logits" / f"{row['name'].replace(' ', '_')}.npy"
@@ -148,7 +149,7 @@ class Bench:
                 row["accuracy"] = self.accuracy(root, fmt, npy, refs, config.vocab_size)
         except RuntimeError as e:
             row["error"] = str(e)
-        finally:
+            row.pop("_timing", None)
             shutil.rmtree(out, ignore_errors=True)
         return row
 
@@ -164,9 +165,7 @@ class Bench:
             types = bench_llamacpp.gguf_types(path)
             row["weights_mb"], row["embedding_format"] = path.stat().st_size / 1e6, types["token_embd.weight"]
             row["bytes_per_step"] = bytes_per_step(config, types, qtype)
-            self.log(f"{shape}: {row['name']}: timing")
-            row.update(self.child("llamacpp", str(path), config.vocab_size, a.threads, a.prompt, a.new_tokens,
-                                  a.repeats))
+            row["_timing"] = ("llamacpp", str(path), config.vocab_size, a.threads, a.prompt, a.new_tokens, a.repeats)
             if a.positions:
                 self.log(f"{shape}: {row['name']}: logits of {a.positions} positions")
                 npy = root / "logits" / f"{row['name'].replace(' ', '_')}.npy"
@@ -178,6 +177,18 @@ class Bench:
             row["error"] = str(e)
         return row
 
+    def time_rows(self, shape: str, rows: list[dict]) -> None:
+        """The timing children of every engine in ``--rounds`` interleaved rounds (the order reversed every
+        other round), so a slow spell of the machine falls on every engine alike; per engine the best round
+        (decode: most tok/s; prefill: fewest ms) and the largest peak RSS."""
+        for rnd in range(self.args.rounds):
+            for row in rows if rnd % 2 == 0 else rows[::-1]:
+                self.log(f"{shape}: {row['name']}: timing, round {rnd + 1} of {self.args.rounds}")
+                try:
+                    merge_timing(row, self.child(*row["_timing"]))
+                except RuntimeError as e:
+                    row["error"] = str(e)
+
     def shape(self, shape: str, bandwidth: float) -> list[dict]:
         from ernie_paddle.config.text import ErnieConfig
 
@@ -185,6 +196,10 @@ class Bench:
         config = ErnieConfig.from_file(hf)
         rows = [self.ours(shape, config, hf, f, act) for f, act in OURS]
         rows += [self.llamacpp(shape, config, hf, q) for q in LLAMACPP]
+        self.time_rows(shape, [r for r in rows if "_timing" in r])
+        for row in rows:
+            row.pop("_timing", None)
+            shutil.rmtree(row.pop("_export", ""), ignore_errors=True)
         for row in rows:
             if row.get("bytes_per_step"):
                 row["ceiling_tok_s_b1"] = bandwidth * 1e9 / row["bytes_per_step"]
@@ -192,6 +207,21 @@ class Bench:
             for twin in (self.args.workdir / shape).glob("twin-*"):
                 shutil.rmtree(twin, ignore_errors=True)
         return rows
+
+
+def merge_timing(row: dict, timing: dict) -> None:
+    """Fold one timing child's results into ``row``: the best decode and prefill, the largest peak RSS."""
+    for key, value in timing.items():
+        if key not in row or not isinstance(value, (int, float)):
+            row[key] = value
+        elif key.startswith("decode_tok_s"):
+            row[key] = max(row[key], value)
+        elif key == "prefill_ms":
+            row[key] = min(row[key], value)
+        elif key == "peak_rss_mb":
+            row[key] = max(row[key], value)
+        else:
+            row[key] = value
 
 
 def _cpu() -> str:
@@ -207,7 +237,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timings per engine process (prefill: median)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of every engine's timing process")
     parser.add_argument("--positions", type=int, default=256, help="accuracy positions (0: no accuracy table)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_formats"))
     parser.add_argument("--json", type=Path)
@@ -239,7 +270,7 @@ def main() -> None:
         per_shape[shape] = ratios({r["name"]: r for r in shape_rows if "decode_tok_s_b1" in r},
                                   bench.probe["default_activations"])
     result = {"threads": args.threads, "cpu": _cpu(), "bandwidth_gb_s": bandwidth, "prompt": args.prompt,
-              "new_tokens": args.new_tokens, "repeats": args.repeats, "positions": args.positions,
+              "new_tokens": args.new_tokens, "repeats": args.repeats, "rounds": args.rounds, "positions": args.positions,
               "default_activations": bench.probe["default_activations"], "process_baseline_rss_mb": baseline,
               "llamacpp_embedding": args.llamacpp_embedding,
               "rows": rows, "ratios": per_shape}

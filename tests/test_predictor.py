@@ -268,15 +268,21 @@ def test_damaged_export_fails_clearly(exported, tmp_path, damage):
 
 
 def test_export_cache_keyed_by_digest(model_pair, monkeypatch, tmp_path):
-    """First use exports into $ERNIE_PADDLE_HOME/exports/<digest>...; later loads reuse it; a cached
+    """First use exports into $ERNIE_PADDLE_HOME/exports/<digest>...; later loads reuse it; the same
+    checkpoint's exports of other program or Paddle versions are deleted, other checkpoints' kept; a cached
     folder whose manifest names another checkpoint is refused."""
     monkeypatch.setenv("ERNIE_PADDLE_HOME", str(tmp_path))
     hf, _ = model_pair("dense-untied")
-    rt = load(hf, engine="predictor")
     digest = checkpoint_digest(hf)
+    stale, other = (tmp_path / "exports" / f"{d[:24]}-float32-native-v1-paddle0.0" for d in (digest, "e" * 64))
+    for old in (stale, other):
+        old.mkdir(parents=True)
+        (old / "weights.bin").write_bytes(b"old")
+    rt = load(hf, engine="predictor")
+    assert not stale.exists() and (other / "weights.bin").exists()
     (folder,) = (tmp_path / "exports").glob(f"{digest[:24]}-float32-*")
     assert rt.folder == folder and rt.manifest["source"]["digest"] == digest
-    export_mod = importlib.import_module("ernie_paddle.runtime.predictor.export")
+    export_mod = importlib.import_module("ernie_paddle.runtime.predictor.export_cache")
     monkeypatch.setattr(export_mod, "export", lambda *a, **k: pytest.fail("re-exported a cached checkpoint"))
     again = load(hf, engine="predictor")
     assert np.array_equal(again.logits([PROMPTS[1]]), rt.logits([PROMPTS[1]]))

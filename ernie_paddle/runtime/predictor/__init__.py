@@ -4,7 +4,8 @@
 exports into the cache under ``$ERNIE_PADDLE_HOME/exports`` on first use.
 """
 
-from ernie_paddle.runtime.predictor.export import export, export_cached, supports
+from ernie_paddle.runtime.predictor.export import export, supports
+from ernie_paddle.runtime.predictor.export_cache import export_cached
 from ernie_paddle.runtime.predictor.manifest import checkpoint_digest, is_export_folder, verify_export
 from ernie_paddle.runtime.predictor.runner import Predictor
 from ernie_paddle.runtime.predictor.runtime import PredictorRuntime, load_predictor

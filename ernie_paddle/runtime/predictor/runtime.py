@@ -12,7 +12,8 @@ from ernie_paddle.errors import ErnieError
 from ernie_paddle.runtime.generation import pad_batch, read_generation_config
 from ernie_paddle.runtime.predictor import manifest as mf
 from ernie_paddle.runtime.predictor.batching import PredictorEngine
-from ernie_paddle.runtime.predictor.export import export_cached, export_into, supports
+from ernie_paddle.runtime.predictor.export import supports
+from ernie_paddle.runtime.predictor.export_cache import export_cached, export_into
 from ernie_paddle.runtime.predictor.model import PredictorModel
 from ernie_paddle.runtime.predictor.runner import Predictor
 from ernie_paddle.runtime.setup import resolve_device, resolve_dtype
