@@ -4,8 +4,9 @@
 // Decode (m <= kSmallRows): a streaming GEMV, each weight row read from memory once and decoded in
 // registers; up to 3 token rows: each weight row decoded once for all of them (dot_rows, a row's result the
 // same whatever rows come with it); more: the weight rows of each 4-row tile are decoded once per k-block
-// into an L1 buffer and every token row passes over it. Prefill (more rows): Paddle's
-// matmul (MKL) on float32 weights; other formats the same tiles over blocks of token rows (prefill_into).
+// into an L1 buffer and every token row passes over it. Prefill (more rows): Paddle's matmul (MKL) on float32
+// weights; other formats the packed-panel GEMM of gemm_kernels.h over blocks of token rows (the tiles take the
+// output rows past its last full panel).
 //
 // int8 activation mode (int8_act, formats with kInt8: wint8, wint4), for decode and prefill alike: each
 // activation row is quantized per block b of 32 values to int8 with scale xs_b = absmax_b / 127 (round to
@@ -161,7 +162,8 @@ void dot_rows_any(const float* xp, int64_t m, int64_t k, const F& f, float* y, i
 // (dot_rows; at 2 and 3 rows, one thread, 1024 x 1024: bf16, wint8, wint4 and fp8 1.5-3x the tiles'
 // speed, wint2 1.1-1.9x, float32 equal; at 4 rows float32 and wint2 were slower, so 4 and more keep the
 // tiles); more: 4 x 2 register tiles over the four weight rows decoded once per k-block into an L1 buffer
-// and read from there for every token row. float32 rows are read in place, and bf16 rows up to kSmallRows
+// and read from there for every token row. Past kSmallRows token rows the full panels of output rows go
+// through gemm_range first (prefill), the tiles take the rest. float32 rows are read in place, and bf16 rows up to kSmallRows
 // token rows (widened in registers per pair of rows: faster at 4-8 rows); past that bf16 is widened into the
 // buffer once per block like the other formats (prefill, one thread, 3072 x 1024: 1.2-1.3x at 32-64 rows,
 // about 1.4x at two threads; the same products in the same order, so the same bits).

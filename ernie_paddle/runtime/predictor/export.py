@@ -27,9 +27,8 @@ linears on int8-quantized activations (the operators' ``int8_act`` mode: integer
 the mode's documented error of the float32 ones, as llama.cpp runs Q8_0/Q4_0); "float32" is the exact mode
 (the dequantized weights' logits, what ``parity`` and the dygraph engine compute); "auto" is int8 when the
 compiled CPU operators run the export and it has wint8/wint4 linears, else float32. The manifest records the
-mode. Paddle's op set (GPU, or no
-compiler) has no quantized operators: it multiplies by float32 dequantized copies, and the manifest says
-``dequantized_at_export``. The export is written into a temporary sibling folder and renamed into place
+mode. Paddle's op set (GPU, or no compiler) has no quantized operators: it multiplies by float32 dequantized
+copies, and the manifest says ``dequantized_at_export``. The export is written into a temporary sibling folder and renamed into place
 only when complete.
 """
 
