@@ -121,6 +121,12 @@ def resolve_activations(activations: str | None, native: bool = False, int8_line
     return activations
 
 
+def activations_of(source, activations: str | None, native: bool, quantization: str | None) -> str:
+    """The resolved activation mode of an export of ``source`` (the checkpoint's config read only for "auto")."""
+    auto = (activations or DEFAULT_ACTIVATIONS) == "auto"
+    return resolve_activations(activations, native, auto and has_int8_linears(source, quantization))
+
+
 def _write_native(ckpt, tmp: Path, native, fmt: str, activations: str, quantization: str | None,
                   quiet: bool, after_file=None) -> tuple:
     """The native program and its weights written into ``tmp`` from the checkpoint, streaming (no weight of
@@ -187,7 +193,7 @@ def export(source, out, max_seq_len: int | None = None, max_batch: int = DEFAULT
     fmt = checkpoint_weight_format(source, weights)
     place = setup(device, dtype, None)
     native = native_ops(place.device, place.dtype)
-    activations = resolve_activations(activations, native is not None, has_int8_linears(source, quantization))
+    activations = activations_of(source, activations, native is not None, quantization)
     if native is None and activations != "float32":
         raise ErnieError(f"activations={activations!r} needs the compiled CPU operators, which this export "
                          f"does not use ({predictor_ops.build_error() or 'device ' + place.device})", source)

@@ -16,13 +16,7 @@ import paddle
 
 from ernie_paddle.errors import ErnieError
 from ernie_paddle.runtime.predictor import manifest as mf
-from ernie_paddle.runtime.predictor.export import (
-    checkpoint_weight_format,
-    export,
-    has_int8_linears,
-    native_ops,
-    resolve_activations,
-)
+from ernie_paddle.runtime.predictor.export import activations_of, checkpoint_weight_format, export, native_ops
 from ernie_paddle.runtime.predictor.program import PROGRAM_VERSION
 
 
@@ -47,8 +41,7 @@ def _device_kind(device: str | None) -> str:
 
 def _activations_for(source: Path, activations: str | None, device: str, dtype: str, quantization: str | None) -> str:
     """The resolved activation mode of an export of ``source`` on ``device`` / ``dtype``."""
-    return resolve_activations(activations, native_ops(device, dtype) is not None,
-                               has_int8_linears(source, quantization))
+    return activations_of(source, activations, native_ops(device, dtype) is not None, quantization)
 
 
 def export_cached(source, dtype: str = "float32", device: str | None = "cpu", quantization: str | None = None,
