@@ -3,7 +3,7 @@
 // Each thread packs kPanel weight rows at a time: decoded once (with their group scales, as decode_span)
 // and transposed into a panel P [k][kPanel] (8 x 8 register transposes), then every kGemmRows token rows pass
 // over it in a broadcast micro-kernel: per k, two panel vectors, one broadcast activation per token row and
-// 2 x kGemmRows fused multiply-adds into 12 accumulators (the FMA units, not loads, bound it). Each output
+// 2 x kGemmRows fused multiply-adds into 12 accumulators (two panel loads per 12 FMAs). Each output
 // sums its k products in one lane in the same blocked order whatever rows and panel come with it, then the
 // row scale: the same value for every grouping of token rows. One thread, 3072 x 1024, 32-64 rows: bf16,
 // wint8, wint4 and fp8 1.2-1.45x the 4 x 2 tiles (80-100 GFLOP/s per core against 61-71).

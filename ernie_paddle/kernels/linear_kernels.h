@@ -15,7 +15,7 @@
 // x @ W^T: |y - y_ref| <= sum_b 0.5 * xs_b * sum_{k in b} |W[n, k]| (plus float32 rounding), since each
 // activation moves by at most half a step. From 4 token rows on, 4 x 4 tiles (itile) over 4 weight rows whose
 // integer units are decoded once into a buffer: prefill, one thread, 3072 x 1024, 32 rows: wint4 1.5x and
-// wint8 1.6x the per-row passes (about 70 GMAC/s per core, 2.2x the float32 mode), bit for bit the same values.
+// wint8 1.6x the per-row passes (about 70 GMAC/s per core), bit for bit the same values.
 #pragma once
 
 #include <omp.h>
